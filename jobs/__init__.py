@@ -1,0 +1,1 @@
+"""The Django app that stores, runs and shows Portico jobs."""

@@ -1,0 +1,11 @@
+"""App configuration for the jobs app."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class JobsConfig(AppConfig):
+    name = "jobs"
+    verbose_name = "Portico jobs"
+    default_auto_field = "django.db.models.BigAutoField"

@@ -1,0 +1,1 @@
+"""The job store: the database tables behind the queue adapter."""

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Run the test suite: venv, service checks, browser, then pytest with the given arguments.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/venv.sh
+
+echo "==> checking PostgreSQL, Redis and RabbitMQ"
+python3 scripts/check_services.py
+
+if [[ "${PORTICO_SKIP_BROWSER_INSTALL:-}" == "1" ]]; then
+    echo "==> PORTICO_SKIP_BROWSER_INSTALL=1: not checking for chromium"
+elif command -v chromium >/dev/null 2>&1; then
+    echo "==> chromium present: $(command -v chromium)"
+else
+    echo "==> installing Debian's chromium for the browser tests"
+    if ! (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium); then
+        echo "error: could not install chromium with apt-get (run as root, or set" \
+            "PORTICO_SKIP_BROWSER_INSTALL=1 to skip this step)" >&2
+        exit 1
+    fi
+fi
+
+# Fixed on purpose: the suite must not pick up a developer's own database or key.
+# pytest-django creates (and drops) test_portico on this server.
+export DATABASE_URL="postgres://postgres@127.0.0.1:5432/portico"
+export DJANGO_DEBUG=1
+export DJANGO_SECRET_KEY="portico-test-suite-secret-key-not-for-production"
+
+echo "==> .venv/bin/python -m pytest${*:+ $(printf '%q ' "$@")}"
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+
+if [[ "$status" -eq 5 ]]; then
+    echo "error: no tests ran (pytest exit code 5); an empty run is a failure" >&2
+    exit 1
+fi
+exit "$status"
