@@ -1,0 +1,1 @@
+"""Portico's job model: pure Python, standard library only."""

@@ -1,0 +1,1 @@
+"""Adapters of Portico's ports that need nothing beyond the standard library."""

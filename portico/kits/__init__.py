@@ -1,0 +1,1 @@
+"""Kits: the use cases built over the ports."""

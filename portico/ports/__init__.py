@@ -1,0 +1,1 @@
+"""The ports: domain models and the abstract interfaces adapters implement."""

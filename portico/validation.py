@@ -1,0 +1,123 @@
+"""Checks every adapter applies before it stores a job, so bad input fails the same way everywhere."""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from portico.exceptions import InvalidJobError
+from portico.ports.job import Job, JobStatus
+
+DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_NAME_LENGTH = 200
+# Priorities are stored in a 32-bit column.
+MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1
+
+
+def check_aware(value: datetime | None, name: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, datetime):
+        raise InvalidJobError(f"{name} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidJobError(
+            f"{name} is a naive datetime ({value.isoformat()}); pass a timezone-aware one, "
+            "e.g. datetime.now(UTC)"
+        )
+
+
+def _walk(value: Any, path: str) -> Iterator[str]:
+    """Yield a description of each part of value that does not survive a JSON round trip."""
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            yield f"{path} is {value!r}, which JSON cannot represent"
+        return
+    if isinstance(value, str):
+        if "\x00" in value:
+            yield f"{path} contains a NUL character"
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                yield f"{path} has a key {key!r} that is not a string"
+                continue
+            if "\x00" in key:
+                yield f"{path} has a key containing a NUL character"
+                continue
+            yield from _walk(item, f"{path}[{key!r}]")
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _walk(item, f"{path}[{index}]")
+        return
+    yield f"{path} is a {type(value).__name__}, which is not JSON-serializable"
+
+
+def check_json(value: Any, name: str, max_bytes: int | None = None) -> str:
+    """Return value as JSON text, or raise InvalidJobError naming the offending key."""
+    if not isinstance(value, dict):
+        raise InvalidJobError(f"{name} must be a dict, not {type(value).__name__}")
+    problem = next(_walk(value, name), None)
+    if problem is not None:
+        raise InvalidJobError(problem)
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    if max_bytes is not None:
+        size = len(text.encode("utf-8"))
+        if size > max_bytes:
+            raise InvalidJobError(
+                f"{name} is {size} bytes, over the limit of {max_bytes}; "
+                "store large data elsewhere and pass a reference"
+            )
+    return text
+
+
+def _check_name(value: Any, name: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidJobError(f"{name} must be a non-empty string")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidJobError(f"{name} is longer than {MAX_NAME_LENGTH} characters")
+    if "\x00" in value or any(ch in value for ch in "\r\n\t"):
+        raise InvalidJobError(f"{name} contains control characters")
+
+
+def _check_int(value: Any, name: str, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidJobError(f"{name} must be an integer, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise InvalidJobError(f"{name} must be between {low} and {high}, not {value}")
+
+
+def check_job(job: Job, max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+    """Raise InvalidJobError (a ValueError) if job cannot be stored as it is."""
+    if not isinstance(job.id, UUID):
+        raise InvalidJobError(f"id must be a UUID, not {type(job.id).__name__}")
+    _check_name(job.queue_name, "queue_name")
+    _check_name(job.job_type, "job_type")
+    _check_int(job.priority, "priority", MIN_PRIORITY, MAX_PRIORITY)
+    _check_int(job.max_retries, "max_retries", 0, 1000)
+    _check_int(job.retry_count, "retry_count", 0, 1000)
+    if job.created_by is not None and not isinstance(job.created_by, UUID):
+        raise InvalidJobError(f"created_by must be a UUID, not {type(job.created_by).__name__}")
+    for name in ("scheduled_at", "started_at", "completed_at", "failed_at", "created_at"):
+        check_aware(getattr(job, name), name)
+    if job.status not in (JobStatus.PENDING, JobStatus.SCHEDULED):
+        raise InvalidJobError(
+            f"a new job must be pending or scheduled, not {job.status.value}"
+        )
+    check_json(job.payload, "payload", max_payload_bytes)
+    check_json(job.metadata, "metadata", max_payload_bytes)
+
+
+def clean_text(value: str | None, limit: int = 10_000) -> str | None:
+    """Error text comes from anywhere: drop NUL characters and bound its length."""
+    if value is None:
+        return None
+    value = str(value).replace("\x00", "\ufffd")
+    if len(value) > limit:
+        value = value[: limit - 1] + "…"
+    return value
