@@ -12,18 +12,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from portico.exceptions import (
-    DuplicateJobError,
-    InvalidJobStateError,
-    JobNotFoundError,
-    StaleClaimError,
-)
+from portico import lifecycle
+from portico.exceptions import DuplicateJobError, JobNotFoundError, StaleClaimError
 from portico.ports.job import WAITING_STATUSES, Job, JobAttempt, JobStatus, QueueStats
 from portico.ports.job_queue import JobQueueAdapter
 from portico.validation import DEFAULT_MAX_PAYLOAD_BYTES, check_json, check_job, clean_text
-
-CANCELLED = "Job cancelled"
-WORKER_LOST = "worker lost"
 
 
 def queue_names(queue_name: str | Sequence[str]) -> tuple[str, ...]:
@@ -142,7 +135,7 @@ class MemoryJobQueueAdapter(JobQueueAdapter):
         due.sort(key=lambda j: (-j.priority, j.created_at, self._order[j.id]))
         claimed = []
         for job in due[:limit]:
-            running = replace(job, status=JobStatus.RUNNING, started_at=now)
+            running = lifecycle.claimed(job, now)
             self._jobs[job.id] = running
             self._leases[job.id] = now + timedelta(seconds=self.lease_seconds)
             attempts = self._attempts[job.id]
@@ -153,17 +146,12 @@ class MemoryJobQueueAdapter(JobQueueAdapter):
     def _held(self, job_id: UUID, claim: Job | None, operation: str) -> Job:
         """The RUNNING job this claim is on, or the precise error why not."""
         job = self._get(job_id)
-        if claim is not None and (
-            job.status is not JobStatus.RUNNING or job.started_at != claim.started_at
-        ):
+        if lifecycle.stale_claim(job, claim):
             raise StaleClaimError(
                 f"cannot {operation} job {job_id}: the claim from {claim.started_at} is no "
                 f"longer current (the job is now {job.status.value})"
             )
-        if job.status is not JobStatus.RUNNING:
-            raise InvalidJobStateError(
-                f"cannot {operation} job {job_id}: it is {job.status.value}, not running"
-            )
+        lifecycle.check_running(job, operation)
         return job
 
     def _get(self, job_id: UUID) -> Job:
@@ -192,7 +180,7 @@ class MemoryJobQueueAdapter(JobQueueAdapter):
         with self._lock:
             job = self._held(job_id, claim, "acknowledge")
             self._finish_attempt(job, JobStatus.COMPLETED, None, result)
-            done = replace(job, status=JobStatus.COMPLETED, completed_at=self._clock())
+            done = lifecycle.acknowledged(job, self._clock())
             self._jobs[job_id] = done
             self._results[job_id] = result
             self._totals[job.queue_name]["completed"] += 1
@@ -211,30 +199,18 @@ class MemoryJobQueueAdapter(JobQueueAdapter):
             job = self._get(job_id)
             if claim is not None or job.status is JobStatus.RUNNING:
                 self._held(job_id, claim, "reject")
-            elif job.status not in WAITING_STATUSES:
-                raise InvalidJobStateError(
-                    f"cannot reject job {job_id}: it is already {job.status.value}"
-                )
+            else:
+                lifecycle.check_rejectable(job)
             return self._reject(job, requeue, clean_text(error_message), delay)
 
     def _reject(self, job: Job, requeue: bool, error: str | None, delay: float | None) -> Job:
-        now = self._clock()
+        new = lifecycle.rejected(job, requeue, error, self._clock(), delay)
         totals = self._totals[job.queue_name]
-        if requeue and job.retry_count < job.max_retries:
-            new = replace(
-                job,
-                status=JobStatus.RETRYING,
-                retry_count=job.retry_count + 1,
-                error_message=error,
-                started_at=None,
-                scheduled_at=now + timedelta(seconds=delay) if delay else job.scheduled_at,
-            )
+        if new.retry_count > job.retry_count:
             totals["retried"] += 1
-        elif requeue:
-            new = replace(job, status=JobStatus.DEAD_LETTER, failed_at=now, error_message=error)
+        elif new.status is JobStatus.DEAD_LETTER:
             totals["dead_lettered"] += 1
         else:
-            new = replace(job, status=JobStatus.FAILED, failed_at=now, error_message=error)
             totals["failed"] += 1
         self._finish_attempt(job, new.status, error)
         self._jobs[job.id] = new
@@ -246,8 +222,7 @@ class MemoryJobQueueAdapter(JobQueueAdapter):
         with self._lock:
             job = self._held(job_id, claim, "release")
             self._finish_attempt(job, "released", None)
-            status = JobStatus.RETRYING if job.retry_count else JobStatus.PENDING
-            back = replace(job, status=status, started_at=None)
+            back = lifecycle.released(job)
             self._jobs[job_id] = back
             self._wake_waiters()
             return back
@@ -268,7 +243,7 @@ class MemoryJobQueueAdapter(JobQueueAdapter):
             now = self._clock()
             expired = [job_id for job_id, until in self._leases.items() if until <= now]
             for job_id in expired:
-                self._reject(self._jobs[job_id], True, WORKER_LOST, None)
+                self._reject(self._jobs[job_id], True, lifecycle.WORKER_LOST, None)
             return expired
 
     async def cancel_job(self, job_id: UUID) -> bool:
@@ -276,31 +251,13 @@ class MemoryJobQueueAdapter(JobQueueAdapter):
             job = self._jobs.get(job_id)
             if job is None or job.status not in WAITING_STATUSES:
                 return False
-            self._jobs[job_id] = replace(
-                job, status=JobStatus.FAILED, failed_at=self._clock(), error_message=CANCELLED
-            )
+            self._jobs[job_id] = lifecycle.cancelled(job, self._clock())
             self._totals[job.queue_name]["failed"] += 1
             return True
 
     async def requeue_job(self, job_id: UUID) -> Job:
         with self._lock:
-            job = self._get(job_id)
-            if job.status not in (JobStatus.DEAD_LETTER, JobStatus.FAILED):
-                raise InvalidJobStateError(
-                    f"cannot requeue job {job_id}: it is {job.status.value}; only dead-letter "
-                    "and failed jobs can be requeued"
-                )
-            # The old error stays in the attempt history; the job starts afresh.
-            back = replace(
-                job,
-                status=JobStatus.PENDING,
-                retry_count=0,
-                scheduled_at=None,
-                started_at=None,
-                completed_at=None,
-                failed_at=None,
-                error_message=None,
-            )
+            back = lifecycle.requeued(self._get(job_id))
             self._jobs[job_id] = back
             self._wake_waiters()
             return back
