@@ -25,6 +25,12 @@ class HandlerFailure(PorticoError):
     """The handler reported failure without an error."""
 
 
+def _being_cancelled() -> bool:
+    """Whether the running task was asked to stop (a CancelledError is not just raised)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 def describe(error: BaseException) -> str:
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
@@ -77,6 +83,13 @@ class JobExecutor:
                 job.id, requeue=False, error_message=error, claim=job), error)
         try:
             result = await self._run(handler, job)
+        except asyncio.CancelledError as exc:
+            if _being_cancelled():
+                raise
+            # The handler raised CancelledError itself, unasked: a failed run like any
+            # other, so such a job ends in dead letter instead of killing worker slots.
+            error = exc
+            retry = True
         except Exception as exc:  # noqa: BLE001 - any handler error is a failed run
             error: BaseException = exc
             retry = True
@@ -98,15 +111,19 @@ class JobExecutor:
         return await self._record(job, started, "failed", outcome, message)
 
     async def _run(self, handler: JobHandler, job: Job) -> JobResult:
-        try:
-            if self.job_timeout is None:
-                result = await handler.handle(job)
-            else:
-                result = await asyncio.wait_for(handler.handle(job), self.job_timeout)
-        except TimeoutError as exc:
-            if self.job_timeout is not None and not isinstance(exc, JobTimeoutError):
-                raise JobTimeoutError(f"the job ran longer than {self.job_timeout:g}s") from exc
-            raise
+        if self.job_timeout is None:
+            result = await handler.handle(job)
+        else:
+            limit = asyncio.timeout(self.job_timeout)
+            try:
+                async with limit:
+                    result = await handler.handle(job)
+            except TimeoutError as exc:
+                # Only our own limit is a time-out of the job; a TimeoutError the handler
+                # raised (an upstream API timing out) keeps its own type and message.
+                if limit.expired():
+                    raise JobTimeoutError(f"the job ran longer than {self.job_timeout:g}s") from exc
+                raise
         if not isinstance(result, JobResult):
             raise TypeError(
                 f"the handler for {job.job_type!r} returned {type(result).__name__}, not JobResult"
@@ -238,7 +255,9 @@ class WorkerManager:
         """Start and work until cancelled; cancellation stops gracefully."""
         await self.start()
         try:
-            await asyncio.gather(*self._slots)
+            # wait, not gather: cancelling gather would cancel the slots at once and
+            # release every job in flight, skipping the grace period stop() gives them.
+            await asyncio.wait(self._slots)
         finally:
             await asyncio.shield(self.stop())
 
