@@ -92,8 +92,8 @@ def _check_int(value: Any, name: str, low: int, high: int) -> None:
         raise InvalidJobError(f"{name} must be between {low} and {high}, not {value}")
 
 
-def check_job(job: Job, max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
-    """Raise InvalidJobError (a ValueError) if job cannot be stored as it is."""
+def check_job(job: Job, max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES) -> tuple[str, str]:
+    """Return the job's payload and metadata as JSON text, or raise InvalidJobError (a ValueError)."""
     if not isinstance(job.id, UUID):
         raise InvalidJobError(f"id must be a UUID, not {type(job.id).__name__}")
     _check_name(job.queue_name, "queue_name")
@@ -109,8 +109,10 @@ def check_job(job: Job, max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTE
         raise InvalidJobError(
             f"a new job must be pending or scheduled, not {job.status.value}"
         )
-    check_json(job.payload, "payload", max_payload_bytes)
-    check_json(job.metadata, "metadata", max_payload_bytes)
+    return (
+        check_json(job.payload, "payload", max_payload_bytes),
+        check_json(job.metadata, "metadata", max_payload_bytes),
+    )
 
 
 def clean_text(value: str | None, limit: int = 10_000) -> str | None:

@@ -28,12 +28,35 @@ export DATABASE_URL="postgres://postgres@127.0.0.1:5432/portico"
 export DJANGO_DEBUG=1
 export DJANGO_SECRET_KEY="portico-test-suite-secret-key-not-for-production"
 
-echo "==> .venv/bin/python -m pytest${*:+ $(printf '%q ' "$@")}"
+# Django connects to the configured database before it creates test_portico beside it.
+.venv/bin/python - <<'PY'
+import psycopg
+from psycopg import sql
+
+with psycopg.connect("postgres://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+    if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'portico'").fetchone() is None:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier("portico")))
+PY
+
+echo "==> .venv/bin/python -m pytest${*:+ $(printf '%q ' "$@")}  (PostgreSQL)"
 status=0
 .venv/bin/python -m pytest "$@" || status=$?
-
 if [[ "$status" -eq 5 ]]; then
     echo "error: no tests ran (pytest exit code 5); an empty run is a failure" >&2
     exit 1
+fi
+[[ "$status" -eq 0 ]] || exit "$status"
+
+# The embedded default stores jobs in SQLite: the database adapter's contract and store
+# tests run again there. Skipped only when the caller picked tests of their own.
+if [[ $# -eq 0 ]]; then
+    echo "==> the database adapter again, on the embedded SQLite default"
+    env -u DATABASE_URL .venv/bin/python -m pytest -p no:cacheprovider \
+        tests/contract tests/integration/test_database_store.py \
+        -m "not postgres" -k "sqlite or test_database_store" || status=$?
+    if [[ "$status" -eq 5 ]]; then
+        echo "error: the SQLite pass ran no tests" >&2
+        exit 1
+    fi
 fi
 exit "$status"

@@ -10,6 +10,7 @@ from uuid import uuid4
 import pytest
 
 from portico.adapters.job_queue.memory_queue import MemoryJobQueueAdapter
+from tests.conftest import empty_job_store
 from portico.ports.job import Job
 from portico.ports.job_queue import JobQueueAdapter
 
@@ -18,29 +19,63 @@ def build_memory(**options: Any) -> JobQueueAdapter:
     return MemoryJobQueueAdapter(**options)
 
 
-# name -> (builder, marks). The database adapter registers itself here from its own
-# conftest so this suite stays free of Django.
-ADAPTERS: dict[str, tuple[Callable[..., JobQueueAdapter], tuple[Any, ...]]] = {
-    "memory": (build_memory, ()),
-}
+def build_database(**options: Any) -> JobQueueAdapter:
+    from jobs.queue import DatabaseJobQueueAdapter
+
+    return DatabaseJobQueueAdapter(**options)
+
+
+def _database_kind() -> str:
+    """The engine the Django test database runs on: PostgreSQL, or SQLite for the embedded default."""
+    from django.conf import settings
+
+    engine = settings.DATABASES["default"]["ENGINE"]
+    return "postgresql" if "postgresql" in engine else "sqlite"
+
+
+# name -> builder; the database adapter runs on whichever engine the test run uses.
+ADAPTERS: dict[str, Callable[..., JobQueueAdapter]] = {"memory": build_memory}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "adapter_kind" in metafunc.fixturenames:
-        metafunc.parametrize(
-            "adapter_kind",
-            [pytest.param(name, marks=list(marks), id=name) for name, (_, marks) in ADAPTERS.items()],
-        )
+        database = _database_kind()
+        metafunc.parametrize("adapter_kind", [
+            *[pytest.param(kind, id=kind) for kind in ADAPTERS],
+            pytest.param(database, id=database, marks=pytest.mark.django_db(transaction=True)),
+        ])
 
 
 @pytest.fixture
-def make_queue(adapter_kind: str, request: pytest.FixtureRequest) -> Callable[..., JobQueueAdapter]:
-    """Build a fresh, empty adapter of the kind under test (options: lease_seconds, ...)."""
-    builder, _ = ADAPTERS[adapter_kind]
-    prepare = getattr(builder, "prepare", None)
-    if prepare is not None:
-        prepare(request)
-    return builder
+def make_queue(adapter_kind: str, request: pytest.FixtureRequest):
+    """Build fresh, empty adapters of the kind under test (options: lease_seconds, ...).
+
+    Database adapters get a real database, emptied after the test, and are closed after
+    it so no connection outlives it.
+    """
+    if adapter_kind in ADAPTERS:
+        yield ADAPTERS[adapter_kind]
+        return
+    request.getfixturevalue("empty_store")
+    built: list[JobQueueAdapter] = []
+
+    def build(**options: Any) -> JobQueueAdapter:
+        options.setdefault("poll_interval", 0.05)
+        adapter = build_database(**options)
+        built.append(adapter)
+        return adapter
+
+    build.check_store = check_database_store  # type: ignore[attr-defined]
+    build.reset = empty_job_store  # type: ignore[attr-defined]
+    build.stateful_examples = 25  # type: ignore[attr-defined]
+    yield build
+    for adapter in built:
+        adapter.close_sync()
+
+
+def check_database_store(adapter: JobQueueAdapter) -> None:
+    """The maintained counters agree with a recount of the rows (what portico_reconcile checks)."""
+    assert adapter.counter_drift_sync() == {}
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ class Expected:
     claim: Job | None = None
 
 
-def machine_for(make_queue, check_store=None):
+def machine_for(make_queue, check_store=None, reset=None):
     class QueueMachine(RuleBasedStateMachine):
         """The adapter must agree with this model after every step."""
 
@@ -46,6 +46,8 @@ def machine_for(make_queue, check_store=None):
         def __init__(self) -> None:
             super().__init__()
             self.loop = asyncio.new_event_loop()
+            if reset is not None:
+                reset()
             self.queue = make_queue()
             self.run(self.queue.initialize())
             self.model: dict[UUID, Expected] = {}
@@ -202,8 +204,9 @@ def machine_for(make_queue, check_store=None):
 
 def test_the_adapter_agrees_with_the_model_under_random_operations(make_queue, request):
     check_store = getattr(make_queue, "check_store", None)
+    reset = getattr(make_queue, "reset", None)
     run_state_machine_as_test(
-        machine_for(make_queue, check_store),
+        machine_for(make_queue, check_store, reset),
         settings=settings(
             max_examples=int(getattr(make_queue, "stateful_examples", 60)),
             stateful_step_count=30,

@@ -60,8 +60,7 @@ class MemoryJobQueueAdapter(JobQueueAdapter):
         return (await self.enqueue_many([job]))[0]
 
     async def enqueue_many(self, jobs: Sequence[Job]) -> list[Job]:
-        for job in jobs:
-            check_job(job, self.max_payload_bytes)
+        encoded = [check_job(job, self.max_payload_bytes) for job in jobs]
         with self._lock:
             seen: set[UUID] = set()
             for job in jobs:
@@ -70,12 +69,12 @@ class MemoryJobQueueAdapter(JobQueueAdapter):
                 seen.add(job.id)
             now = self._clock()
             stored = []
-            for job in jobs:
+            for job, (payload, metadata) in zip(jobs, encoded, strict=True):
                 new = replace(
                     job,
                     # A copy through JSON: what is stored is what a database would give back.
-                    payload=json.loads(check_json(job.payload, "payload")),
-                    metadata=json.loads(check_json(job.metadata, "metadata")),
+                    payload=json.loads(payload),
+                    metadata=json.loads(metadata),
                     created_at=now,
                     status=JobStatus.SCHEDULED if job.scheduled_at else JobStatus.PENDING,
                     scheduled_at=job.scheduled_at.astimezone(UTC) if job.scheduled_at else None,

@@ -1,0 +1,999 @@
+"""DatabaseJobQueueAdapter: the queue port over PostgreSQL (or SQLite), where all the hot SQL lives."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from uuid import UUID
+
+from django.conf import settings
+from django.db import IntegrityError, connections, transaction
+from django.utils.dateparse import parse_datetime
+
+from portico import lifecycle
+from portico.adapters.job_queue.memory_queue import queue_names
+from portico.exceptions import (
+    DuplicateJobError,
+    InvalidJobStateError,
+    JobNotFoundError,
+    StaleClaimError,
+)
+from portico.ports.job import WAITING_STATUSES, Job, JobAttempt, JobStatus, QueueStats
+from portico.ports.job_queue import JobQueueAdapter
+from portico.validation import DEFAULT_MAX_PAYLOAD_BYTES, check_job, check_json, clean_text
+
+log = logging.getLogger("portico.queue")
+T = TypeVar("T")
+
+CHANNEL = "portico_jobs"
+COLUMNS = (
+    "seq, id, queue_name, job_type, payload, priority, max_retries, retry_count, scheduled_at, "
+    "started_at, completed_at, failed_at, status, error_message, created_by, created_at, metadata"
+)
+WAITING_SQL = "('pending', 'scheduled', 'retrying')"
+INSERT_CHUNK = 1000
+TRANSITION_CHUNK = 500
+TOTALS = ("enqueued", "completed", "failed", "dead_lettered", "retried")
+
+
+def _setting(name: str, default: Any) -> Any:
+    return getattr(settings, name, default)
+
+
+class DatabaseJobQueueAdapter(JobQueueAdapter):
+    """Jobs in the ``portico_job`` table of a Django database (PostgreSQL or SQLite).
+
+    Every async operation has a synchronous twin (``enqueue_sync``, ``dequeue_sync``, …)
+    for Celery tasks, views and the admin; the async ones run the twin on the adapter's own
+    threads, so the event loop never blocks. Claims use ``FOR UPDATE SKIP LOCKED`` on
+    PostgreSQL; SQLite serializes writers with ``BEGIN IMMEDIATE``. Counts come from the
+    ``portico_queue_counter`` table, which database triggers keep in the same transaction as
+    every change, so statistics never count the job table.
+    """
+
+    def __init__(
+        self,
+        using: str = "default",
+        *,
+        lease_seconds: float | None = None,
+        max_payload_bytes: int | None = None,
+        poll_interval: float | None = None,
+        threads: int = 4,
+    ) -> None:
+        self.using = using
+        self.lease_seconds = float(
+            lease_seconds if lease_seconds is not None else _setting("PORTICO_LEASE_SECONDS", 60.0)
+        )
+        self.max_payload_bytes = (
+            max_payload_bytes if max_payload_bytes is not None
+            else _setting("PORTICO_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES)
+        )
+        self.poll_interval = float(
+            poll_interval if poll_interval is not None else _setting("PORTICO_POLL_INTERVAL", 0.5)
+        )
+        self._threads = threads
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+        self._waiters: dict[asyncio.Future[None], asyncio.AbstractEventLoop] = {}
+        self._waiters_lock = threading.Lock()
+        self._listener: _Listener | None = None
+        self._last_compaction = 0.0
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @property
+    def connection(self):
+        return connections[self.using]
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.connection.vendor == "postgresql"
+
+    def _now(self, cursor) -> datetime:
+        """The database's clock (SQLite has none apart from the machine's)."""
+        if self.is_postgres:
+            cursor.execute("SELECT now()")
+            return cursor.fetchone()[0]
+        return datetime.now(UTC)
+
+    def _param_time(self, value: datetime | None) -> Any:
+        if value is None or self.is_postgres:
+            return value
+        return self.connection.ops.adapt_datetimefield_value(value)
+
+    def _param_uuid(self, value: UUID | None) -> Any:
+        if value is None or self.is_postgres:
+            return value
+        return value.hex
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Any]:
+        """A cursor inside a transaction: IMMEDIATE on SQLite, so writers queue, not fail."""
+        with transaction.atomic(using=self.using), self.connection.cursor() as cursor:
+            yield cursor
+
+    def _run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            # A long-lived thread must not keep a connection Django has given up on.
+            conn = self.connection
+            if conn.connection is not None and not conn.in_atomic_block:
+                conn.close_if_unusable_or_obsolete()
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="portico-db")
+            return self._executor
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool(), lambda: self._run_sync(fn, *args, **kwargs))
+
+    async def initialize(self) -> None:
+        self._pool()
+
+    async def close(self) -> None:
+        self.close_sync()
+
+    def close_sync(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+        with self._executor_lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            # Each thread closes its own connection: one task per thread, held at a barrier.
+            barrier = threading.Barrier(self._threads)
+
+            def close_own_connection() -> None:
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    barrier.wait(timeout=5)
+                connections[self.using].close()
+
+            for _ in range(self._threads):
+                executor.submit(close_own_connection)
+            executor.shutdown(wait=True)
+
+    # -- rows ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _time(value: Any) -> datetime | None:
+        """A stored time as an aware UTC datetime (SQLite hands back naive UTC text)."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = parse_datetime(value)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def _job(self, row: Sequence[Any]) -> Job:
+        (_seq, job_id, queue_name, job_type, payload, priority, max_retries, retry_count,
+         scheduled_at, started_at, completed_at, failed_at, status, error_message, created_by,
+         created_at, metadata) = row
+        return Job(
+            id=job_id if isinstance(job_id, UUID) else UUID(job_id),
+            queue_name=queue_name,
+            job_type=job_type,
+            payload=json.loads(payload) if isinstance(payload, str | bytes) else payload,
+            priority=priority,
+            max_retries=max_retries,
+            retry_count=retry_count,
+            scheduled_at=self._time(scheduled_at),
+            started_at=self._time(started_at),
+            completed_at=self._time(completed_at),
+            failed_at=self._time(failed_at),
+            status=JobStatus(status),
+            error_message=error_message,
+            created_by=None if created_by is None else (
+                created_by if isinstance(created_by, UUID) else UUID(created_by)),
+            created_at=self._time(created_at),
+            metadata=json.loads(metadata) if isinstance(metadata, str | bytes) else metadata,
+        )
+
+    # -- enqueue -------------------------------------------------------------------------
+
+    async def enqueue(self, job: Job) -> Job:
+        return (await self._call(self.enqueue_many_sync, [job]))[0]
+
+    async def enqueue_many(self, jobs: Sequence[Job]) -> list[Job]:
+        return await self._call(self.enqueue_many_sync, jobs)
+
+    def enqueue_sync(self, job: Job) -> Job:
+        return self.enqueue_many_sync([job])[0]
+
+    def enqueue_many_sync(self, jobs: Sequence[Job]) -> list[Job]:
+        """Insert the jobs in as few statements as possible: all of them, or none."""
+        jobs = list(jobs)
+        if not jobs:
+            return []
+        encoded = [check_job(job, self.max_payload_bytes) for job in jobs]
+        ids = [job.id for job in jobs]
+        if len(set(ids)) != len(ids):
+            raise DuplicateJobError("the same job id appears twice in one enqueue")
+        conn = self.connection
+        # One statement outside a transaction is atomic by itself; anything more (or an
+        # enclosing transaction that must survive a duplicate id) gets a transaction or a
+        # savepoint.
+        needs_atomic = len(jobs) > INSERT_CHUNK or conn.in_atomic_block or not self.is_postgres
+        try:
+            with transaction.atomic(using=self.using) if needs_atomic else contextlib.nullcontext():
+                with conn.cursor() as cursor:
+                    now = None if self.is_postgres else datetime.now(UTC)
+                    created: dict[UUID, datetime] = {}
+                    for start in range(0, len(jobs), INSERT_CHUNK):
+                        chunk = range(start, min(start + INSERT_CHUNK, len(jobs)))
+                        created.update(self._insert(cursor, [jobs[i] for i in chunk],
+                                                    [encoded[i] for i in chunk], now))
+        except IntegrityError as exc:
+            existing = self._existing_ids(ids)
+            raise DuplicateJobError(
+                f"a job with id {existing[0] if existing else ids[0]} already exists"
+            ) from exc
+        stored = []
+        for job, (payload, metadata) in zip(jobs, encoded, strict=True):
+            stored.append(replace(
+                job,
+                payload=json.loads(payload),
+                metadata=json.loads(metadata),
+                created_at=created[job.id],
+                status=JobStatus.SCHEDULED if job.scheduled_at else JobStatus.PENDING,
+                scheduled_at=job.scheduled_at.astimezone(UTC) if job.scheduled_at else None,
+                started_at=None, completed_at=None, failed_at=None, error_message=None,
+            ))
+        transaction.on_commit(self._wake_waiters, using=self.using)
+        return stored
+
+    def _insert(self, cursor, jobs: list[Job], encoded: list[tuple[str, str]],
+                now: datetime | None) -> dict[UUID, datetime]:
+        if self.is_postgres:
+            row = "(%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, now(), %s::jsonb, coalesce(%s, now()), 0)"
+        else:
+            row = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0)"
+        params: list[Any] = []
+        for job, (payload, metadata) in zip(jobs, encoded, strict=True):
+            scheduled = self._param_time(job.scheduled_at)
+            status = "scheduled" if job.scheduled_at else "pending"
+            if self.is_postgres:
+                params += [job.id, job.queue_name, job.job_type, payload, job.priority,
+                           job.max_retries, job.retry_count, scheduled, status, job.created_by,
+                           metadata, scheduled]
+            else:
+                params += [job.id.hex, job.queue_name, job.job_type, payload, job.priority,
+                           job.max_retries, job.retry_count, scheduled, status,
+                           self._param_uuid(job.created_by), self._param_time(now), metadata,
+                           scheduled or self._param_time(now)]
+        cursor.execute(
+            "INSERT INTO portico_job (id, queue_name, job_type, payload, priority, max_retries, "
+            "retry_count, scheduled_at, status, created_by, created_at, metadata, run_at, attempt) "
+            f"VALUES {', '.join([row] * len(jobs))} RETURNING id, created_at",
+            params,
+        )
+        return {
+            (job_id if isinstance(job_id, UUID) else UUID(job_id)): self._time(created)
+            for job_id, created in cursor.fetchall()
+        }
+
+    def _existing_ids(self, ids: list[UUID]) -> list[UUID]:
+        from jobs.models import JobRecord
+
+        return list(JobRecord.objects.using(self.using).filter(id__in=ids).values_list("id", flat=True))
+
+    # -- claim ---------------------------------------------------------------------------
+
+    async def dequeue(self, queue_name: str | Sequence[str], timeout: float = 30) -> Job | None:
+        names = queue_names(queue_name)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        if timeout > 0 and self.is_postgres:
+            self._ensure_listener()
+        while True:
+            waiter: asyncio.Future[None] = loop.create_future()
+            with self._waiters_lock:
+                self._waiters[waiter] = loop
+            try:
+                claimed = await self._claim(names, 1)
+                if claimed:
+                    return claimed[0]
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                # Woken by NOTIFY (or a local enqueue); the poll covers scheduled jobs
+                # falling due and a lost notification.
+                await asyncio.wait({waiter}, timeout=min(remaining, self.poll_interval))
+            finally:
+                with self._waiters_lock:
+                    self._waiters.pop(waiter, None)
+
+    async def dequeue_many(self, queue_name: str | Sequence[str], limit: int) -> list[Job]:
+        return await self._claim(queue_names(queue_name), limit)
+
+    async def _claim(self, names: tuple[str, ...], limit: int) -> list[Job]:
+        """Claim on a worker thread; if cancelled meanwhile, give back what was claimed."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            self._pool(), lambda: self._run_sync(self.dequeue_many_sync, names, limit)
+        )
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            def give_back(done: asyncio.Future[list[Job]]) -> None:
+                if not done.cancelled() and done.exception() is None and done.result():
+                    self._pool().submit(self._run_sync, self._release_all_sync, done.result())
+
+            future.add_done_callback(give_back)
+            raise
+
+    def _release_all_sync(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            with contextlib.suppress(InvalidJobStateError):
+                self.release_sync(job.id, claim=job)
+
+    def dequeue_sync(self, queue_name: str | Sequence[str], timeout: float = 0) -> Job | None:
+        """Claim the next due job, polling up to ``timeout`` seconds (for synchronous callers)."""
+        names = queue_names(queue_name)
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            claimed = self.dequeue_many_sync(names, 1)
+            if claimed:
+                return claimed[0]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(remaining, self.poll_interval))
+
+    def dequeue_many_sync(self, queue_name: str | Sequence[str], limit: int) -> list[Job]:
+        """Claim up to ``limit`` due jobs in one statement, best first."""
+        names = queue_names(queue_name)
+        if limit <= 0:
+            return []
+        if self.is_postgres:
+            rows = self._claim_postgres(names, limit)
+        else:
+            rows = self._claim_sqlite(names, limit)
+        jobs = sorted(rows, key=lambda r: (-r[5], r[0]))
+        return [self._job(row) for row in jobs]
+
+    def _claim_postgres(self, names: tuple[str, ...], limit: int) -> list[tuple]:
+        update = (
+            "UPDATE portico_job j SET status = 'running', started_at = now(), "
+            "attempt = j.attempt + 1, lease_expires_at = now() + %s * interval '1 second' "
+            f"FROM next WHERE j.seq = next.seq RETURNING {', '.join('j.' + c.strip() for c in COLUMNS.split(','))}"
+        )
+        if len(names) == 1:
+            sql = (
+                "WITH next AS (SELECT seq FROM portico_job WHERE queue_name = %s "
+                f"AND status IN {WAITING_SQL} AND run_at <= now() "
+                "ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED) " + update
+            )
+            params = [names[0], limit, self.lease_seconds]
+        else:
+            # Best per queue through each queue's index, then best across them.
+            sql = (
+                "WITH next AS (SELECT c.seq FROM unnest(%s::text[]) AS q(name) CROSS JOIN LATERAL ("
+                "SELECT seq, priority FROM portico_job WHERE queue_name = q.name "
+                f"AND status IN {WAITING_SQL} AND run_at <= now() "
+                "ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED) c "
+                "ORDER BY c.priority DESC, c.seq LIMIT %s) " + update
+            )
+            params = [list(names), limit, limit, self.lease_seconds]
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+
+    def _claim_sqlite(self, names: tuple[str, ...], limit: int) -> list[tuple]:
+        now = datetime.now(UTC)
+        marks = ", ".join(["%s"] * len(names))
+        with self._writing() as cursor:
+            cursor.execute(
+                "UPDATE portico_job SET status = 'running', started_at = %s, attempt = attempt + 1, "
+                "lease_expires_at = %s WHERE seq IN (SELECT seq FROM portico_job "
+                f"WHERE queue_name IN ({marks}) AND status IN {WAITING_SQL} AND run_at <= %s "
+                f"ORDER BY priority DESC, seq LIMIT %s) RETURNING {COLUMNS}",
+                [self._param_time(now), self._param_time(now + timedelta(seconds=self.lease_seconds)),
+                 *names, self._param_time(now), limit],
+            )
+            return cursor.fetchall()
+
+    # -- acknowledge ---------------------------------------------------------------------
+
+    async def acknowledge(
+        self, job_id: UUID, result_data: dict[str, Any] | None = None, *, claim: Job | None = None
+    ) -> Job:
+        return await self._call(self.acknowledge_sync, job_id, result_data, claim=claim)
+
+    def acknowledge_sync(
+        self, job_id: UUID, result_data: dict[str, Any] | None = None, *, claim: Job | None = None
+    ) -> Job:
+        done = self._acknowledge([(job_id, claim, result_data)])
+        if done:
+            return done[0]
+        job = self._get_or_raise(job_id)
+        if lifecycle.stale_claim(job, claim):
+            raise StaleClaimError(
+                f"cannot acknowledge job {job_id}: the claim from {claim.started_at} is no "
+                f"longer current (the job is now {job.status.value})"
+            )
+        lifecycle.check_running(job, "acknowledge")
+        raise InvalidJobStateError(f"cannot acknowledge job {job_id}")  # a race: it just changed
+
+    async def acknowledge_many(
+        self, claims: Sequence[Job], results: Sequence[dict[str, Any] | None] | None = None
+    ) -> list[Job]:
+        return await self._call(self.acknowledge_many_sync, claims, results)
+
+    def acknowledge_many_sync(
+        self, claims: Sequence[Job], results: Sequence[dict[str, Any] | None] | None = None
+    ) -> list[Job]:
+        """Complete many claimed jobs in one statement; returns those whose claim still held."""
+        results = results if results is not None else [None] * len(claims)
+        return self._acknowledge([(c.id, c, r) for c, r in zip(claims, results, strict=True)])
+
+    def _acknowledge(self, items: list[tuple[UUID, Job | None, dict[str, Any] | None]]) -> list[Job]:
+        if not items:
+            return []
+        texts = [check_json(result or {}, "result_data") for _, _, result in items]
+        returning = ", ".join("j." + c.strip() for c in COLUMNS.split(","))
+        if self.is_postgres:
+            values = ", ".join(["(%s::uuid, %s::timestamptz, %s::jsonb)"] * len(items))
+            params: list[Any] = []
+            for (job_id, claim, _), text in zip(items, texts, strict=True):
+                params += [job_id, claim.started_at if claim else None, text]
+            sql = (
+                "UPDATE portico_job j SET status = 'completed', completed_at = now(), "
+                "result_data = v.result, lease_expires_at = NULL "
+                f"FROM (VALUES {values}) AS v(id, started_at, result) "
+                "WHERE j.id = v.id AND j.status = 'running' "
+                "AND (v.started_at IS NULL OR j.started_at = v.started_at) "
+                f"RETURNING {returning}"
+            )
+            with self.connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                rows = cursor.fetchall()
+        else:
+            now = self._param_time(datetime.now(UTC))
+            rows = []
+            with self._writing() as cursor:
+                for (job_id, claim, _), text in zip(items, texts, strict=True):
+                    cursor.execute(
+                        "UPDATE portico_job SET status = 'completed', completed_at = %s, "
+                        "result_data = %s, lease_expires_at = NULL WHERE id = %s AND status = 'running' "
+                        "AND (%s IS NULL OR started_at = %s) "
+                        f"RETURNING {COLUMNS}",
+                        [now, text, job_id.hex, *[self._param_time(claim.started_at) if claim else None] * 2],
+                    )
+                    rows += cursor.fetchall()
+        return [self._job(row) for row in rows]
+
+    # -- transitions decided by the lifecycle rules ----------------------------------------
+
+    def _locked_jobs(self, cursor, where: str, params: list[Any], limit: int | None = None,
+                     skip_locked: bool = False) -> list[tuple[int, int, Job]]:
+        """Rows matching where, locked for this transaction: (seq, attempt, job)."""
+        lock = ""
+        if self.is_postgres:
+            lock = " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
+        cursor.execute(
+            f"SELECT {COLUMNS}, attempt FROM portico_job WHERE {where} ORDER BY seq"
+            + (f" LIMIT {int(limit)}" if limit else "") + lock,
+            params,
+        )
+        return [(row[0], row[-1], self._job(row[:-1])) for row in cursor.fetchall()]
+
+    def _apply(self, cursor, now: datetime,
+               changes: list[tuple[int, int, Job, Job, str | None]]) -> None:
+        """Write each (seq, attempt, old, new, attempt outcome) and record ended attempts."""
+        if not changes:
+            return
+        rows = []
+        attempts = []
+        for seq, attempt, old, new, outcome in changes:
+            due = new.scheduled_at if new.scheduled_at and new.scheduled_at > now else now
+            rows.append([seq, new.status.value, new.retry_count, new.scheduled_at, new.started_at,
+                         new.completed_at, new.failed_at, new.error_message, due])
+            if outcome is not None and old.started_at is not None:
+                attempts.append([seq, attempt, old.started_at, now, outcome, new.error_message])
+        if self.is_postgres:
+            for start in range(0, len(rows), TRANSITION_CHUNK):
+                chunk = rows[start:start + TRANSITION_CHUNK]
+                values = ", ".join(
+                    ["(%s::bigint, %s, %s::int, %s::timestamptz, %s::timestamptz, %s::timestamptz, "
+                     "%s::timestamptz, %s::text, %s::timestamptz)"] * len(chunk))
+                cursor.execute(
+                    "UPDATE portico_job j SET status = v.status, retry_count = v.retry_count, "
+                    "scheduled_at = v.scheduled_at, started_at = v.started_at, "
+                    "completed_at = v.completed_at, failed_at = v.failed_at, "
+                    "error_message = v.error_message, run_at = v.run_at, lease_expires_at = NULL "
+                    f"FROM (VALUES {values}) AS v(seq, status, retry_count, scheduled_at, started_at, "
+                    "completed_at, failed_at, error_message, run_at) WHERE j.seq = v.seq",
+                    [value for row in chunk for value in row],
+                )
+            if attempts:
+                cursor.execute(
+                    "INSERT INTO portico_job_attempt (job_seq, attempt, started_at, finished_at, "
+                    "outcome, error_message) VALUES "
+                    + ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(attempts)),
+                    [value for row in attempts for value in row],
+                )
+        else:
+            for seq, status, retry_count, *times, error, due in rows:
+                cursor.execute(
+                    "UPDATE portico_job SET status = %s, retry_count = %s, scheduled_at = %s, "
+                    "started_at = %s, completed_at = %s, failed_at = %s, error_message = %s, "
+                    "run_at = %s, lease_expires_at = NULL WHERE seq = %s",
+                    [status, retry_count, *[self._param_time(t) for t in times], error,
+                     self._param_time(due), seq],
+                )
+            for seq, attempt, started, finished, outcome, error in attempts:
+                cursor.execute(
+                    "INSERT INTO portico_job_attempt (job_seq, attempt, started_at, finished_at, "
+                    "outcome, error_message) VALUES (%s, %s, %s, %s, %s, %s)",
+                    [seq, attempt, self._param_time(started), self._param_time(finished), outcome, error],
+                )
+
+    def _one_locked(self, cursor, job_id: UUID) -> tuple[int, int, Job]:
+        found = self._locked_jobs(cursor, "id = %s", [self._param_uuid(job_id)])
+        if not found:
+            raise JobNotFoundError(f"no job has id {job_id}")
+        return found[0]
+
+    def _check_claim(self, job: Job, claim: Job | None, operation: str) -> None:
+        if lifecycle.stale_claim(job, claim):
+            raise StaleClaimError(
+                f"cannot {operation} job {job.id}: the claim from {claim.started_at} is no "
+                f"longer current (the job is now {job.status.value})"
+            )
+
+    async def reject(
+        self,
+        job_id: UUID,
+        requeue: bool = True,
+        error_message: str | None = None,
+        *,
+        delay: float | None = None,
+        claim: Job | None = None,
+    ) -> Job:
+        return await self._call(self.reject_sync, job_id, requeue, error_message, delay=delay, claim=claim)
+
+    def reject_sync(
+        self,
+        job_id: UUID,
+        requeue: bool = True,
+        error_message: str | None = None,
+        *,
+        delay: float | None = None,
+        claim: Job | None = None,
+    ) -> Job:
+        error = clean_text(error_message)
+        with self._writing() as cursor:
+            seq, attempt, job = self._one_locked(cursor, job_id)
+            self._check_claim(job, claim, "reject")
+            lifecycle.check_rejectable(job)
+            now = self._now(cursor)
+            new = lifecycle.rejected(job, requeue, error, now, delay)
+            outcome = new.status.value if job.status is JobStatus.RUNNING else None
+            self._apply(cursor, now, [(seq, attempt, job, new, outcome)])
+        if new.status is JobStatus.RETRYING:
+            transaction.on_commit(self._wake_waiters, using=self.using)
+        return new
+
+    async def reject_many(
+        self, claims: Sequence[Job], errors: Sequence[str | None], requeue: bool = True,
+        delays: Sequence[float | None] | None = None,
+    ) -> list[Job]:
+        return await self._call(self.reject_many_sync, claims, errors, requeue, delays)
+
+    def reject_many_sync(
+        self, claims: Sequence[Job], errors: Sequence[str | None], requeue: bool = True,
+        delays: Sequence[float | None] | None = None,
+    ) -> list[Job]:
+        """Record many failures in one transaction; returns those whose claim still held."""
+        if not claims:
+            return []
+        delays = delays if delays is not None else [None] * len(claims)
+        wanted = {c.id: (c, clean_text(e), d) for c, e, d in zip(claims, errors, delays, strict=True)}
+        with self._writing() as cursor:
+            marks = ", ".join(["%s"] * len(wanted))
+            locked = self._locked_jobs(cursor, f"id IN ({marks})",
+                                       [self._param_uuid(i) for i in wanted])
+            now = self._now(cursor)
+            changes = []
+            for seq, attempt, job in locked:
+                claim, error, delay = wanted[job.id]
+                if lifecycle.stale_claim(job, claim):
+                    continue
+                new = lifecycle.rejected(job, requeue, error, now, delay)
+                changes.append((seq, attempt, job, new, new.status.value))
+            self._apply(cursor, now, changes)
+        return [new for *_, new, _ in changes]
+
+    async def release(self, job_id: UUID, *, claim: Job | None = None) -> Job:
+        return await self._call(self.release_sync, job_id, claim=claim)
+
+    def release_sync(self, job_id: UUID, *, claim: Job | None = None) -> Job:
+        with self._writing() as cursor:
+            seq, attempt, job = self._one_locked(cursor, job_id)
+            self._check_claim(job, claim, "release")
+            lifecycle.check_running(job, "release")
+            new = lifecycle.released(job)
+            self._apply(cursor, self._now(cursor), [(seq, attempt, job, new, "released")])
+        transaction.on_commit(self._wake_waiters, using=self.using)
+        return new
+
+    async def cancel_job(self, job_id: UUID) -> bool:
+        return await self._call(self.cancel_job_sync, job_id)
+
+    def cancel_job_sync(self, job_id: UUID) -> bool:
+        with self._writing() as cursor:
+            found = self._locked_jobs(cursor, "id = %s", [self._param_uuid(job_id)])
+            if not found or found[0][2].status not in WAITING_STATUSES:
+                return False
+            seq, attempt, job = found[0]
+            now = self._now(cursor)
+            self._apply(cursor, now, [(seq, attempt, job, lifecycle.cancelled(job, now), None)])
+            return True
+
+    async def requeue_job(self, job_id: UUID) -> Job:
+        return await self._call(self.requeue_job_sync, job_id)
+
+    def requeue_job_sync(self, job_id: UUID) -> Job:
+        with self._writing() as cursor:
+            seq, attempt, job = self._one_locked(cursor, job_id)
+            new = lifecycle.requeued(job)
+            self._apply(cursor, self._now(cursor), [(seq, attempt, job, new, None)])
+        transaction.on_commit(self._wake_waiters, using=self.using)
+        return new
+
+    async def heartbeat(self, claims: Sequence[Job]) -> list[UUID]:
+        return await self._call(self.heartbeat_sync, claims)
+
+    def heartbeat_sync(self, claims: Sequence[Job]) -> list[UUID]:
+        if not claims:
+            return []
+        if self.is_postgres:
+            values = ", ".join(["(%s::uuid, %s::timestamptz)"] * len(claims))
+            with self.connection.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE portico_job j SET lease_expires_at = now() + %s * interval '1 second' "
+                    f"FROM (VALUES {values}) AS v(id, started_at) WHERE j.id = v.id "
+                    "AND j.status = 'running' AND j.started_at = v.started_at RETURNING j.id",
+                    [self.lease_seconds, *[v for c in claims for v in (c.id, c.started_at)]],
+                )
+                return [row[0] for row in cursor.fetchall()]
+        until = self._param_time(datetime.now(UTC) + timedelta(seconds=self.lease_seconds))
+        held = []
+        with self._writing() as cursor:
+            for claim in claims:
+                cursor.execute(
+                    "UPDATE portico_job SET lease_expires_at = %s WHERE id = %s "
+                    "AND status = 'running' AND started_at = %s RETURNING id",
+                    [until, claim.id.hex, self._param_time(claim.started_at)],
+                )
+                held += [claim.id for _ in cursor.fetchall()]
+        return held
+
+    async def rescue(self) -> list[UUID]:
+        return await self._call(self.rescue_sync)
+
+    def rescue_sync(self, batch: int = 1000) -> list[UUID]:
+        """Retry (or dead-letter) every running job whose lease ran out: its worker is gone."""
+        rescued: list[UUID] = []
+        while True:
+            with self._writing() as cursor:
+                now = self._now(cursor)
+                expired = self._locked_jobs(
+                    cursor, "status = 'running' AND lease_expires_at <= %s",
+                    [self._param_time(now)], limit=batch, skip_locked=True,
+                )
+                changes = []
+                for seq, attempt, job in expired:
+                    new = lifecycle.rejected(job, True, lifecycle.WORKER_LOST, now)
+                    changes.append((seq, attempt, job, new, new.status.value))
+                self._apply(cursor, now, changes)
+            rescued += [job.id for _, _, job in expired]
+            if len(expired) < batch:
+                break
+        if rescued:
+            log.warning("rescued %d job(s) whose lease ran out", len(rescued))
+            transaction.on_commit(self._wake_waiters, using=self.using)
+        return rescued
+
+    def prune_sync(self, older_than: timedelta | None = None, batch: int = 5000) -> int:
+        """Delete completed jobs finished before ``older_than`` ago, a batch per transaction.
+
+        Counts of completed jobs go down; lifetime totals stay as they were.
+        """
+        if older_than is None:
+            older_than = timedelta(seconds=float(_setting("PORTICO_RETENTION", 7 * 86400)))
+        deleted = 0
+        while True:
+            with self._writing() as cursor:
+                cutoff = self._now(cursor) - older_than
+                cursor.execute(
+                    "SELECT seq FROM portico_job WHERE status = 'completed' AND completed_at < %s "
+                    "ORDER BY completed_at LIMIT %s" + (" FOR UPDATE SKIP LOCKED" if self.is_postgres else ""),
+                    [self._param_time(cutoff), batch],
+                )
+                seqs = [row[0] for row in cursor.fetchall()]
+                if seqs:
+                    marks = ", ".join(["%s"] * len(seqs))
+                    cursor.execute(f"DELETE FROM portico_job_attempt WHERE job_seq IN ({marks})", seqs)
+                    cursor.execute(f"DELETE FROM portico_job WHERE seq IN ({marks})", seqs)
+            deleted += len(seqs)
+            if len(seqs) < batch:
+                return deleted
+
+    async def prune(self, older_than: timedelta | None = None) -> int:
+        return await self._call(self.prune_sync, older_than)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _get_or_raise(self, job_id: UUID) -> Job:
+        job = self.get_job_sync(job_id)
+        if job is None:
+            raise JobNotFoundError(f"no job has id {job_id}")
+        return job
+
+    async def get_job(self, job_id: UUID) -> Job | None:
+        return await self._call(self.get_job_sync, job_id)
+
+    def get_job_sync(self, job_id: UUID) -> Job | None:
+        with self.connection.cursor() as cursor:
+            cursor.execute(f"SELECT {COLUMNS} FROM portico_job WHERE id = %s", [self._param_uuid(job_id)])
+            row = cursor.fetchone()
+        return self._job(row) if row else None
+
+    async def get_result(self, job_id: UUID) -> dict[str, Any] | None:
+        return await self._call(self.get_result_sync, job_id)
+
+    def get_result_sync(self, job_id: UUID) -> dict[str, Any] | None:
+        with self.connection.cursor() as cursor:
+            cursor.execute("SELECT result_data FROM portico_job WHERE id = %s AND status = 'completed'",
+                           [self._param_uuid(job_id)])
+            row = cursor.fetchone()
+        if row is None or row[0] is None:
+            return None
+        return json.loads(row[0]) if isinstance(row[0], str | bytes) else row[0]
+
+    async def get_job_attempts(self, job_id: UUID) -> list[JobAttempt]:
+        return await self._call(self.get_job_attempts_sync, job_id)
+
+    def get_job_attempts_sync(self, job_id: UUID) -> list[JobAttempt]:
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT seq, attempt, status, started_at, completed_at, result_data "
+                "FROM portico_job WHERE id = %s", [self._param_uuid(job_id)])
+            row = cursor.fetchone()
+            if row is None:
+                return []
+            seq, attempt, status, started_at, completed_at, result = row
+            cursor.execute(
+                "SELECT attempt, started_at, finished_at, outcome, error_message "
+                "FROM portico_job_attempt WHERE job_seq = %s ORDER BY attempt, id", [seq])
+            attempts = [
+                JobAttempt(job_id=job_id, attempt=n, started_at=self._time(s),
+                           finished_at=self._time(f), outcome=o, error_message=e)
+                for n, s, f, o, e in cursor.fetchall()
+            ]
+        # The run in progress, or the one that completed, is the job row itself.
+        if status == JobStatus.RUNNING.value:
+            attempts.append(JobAttempt(job_id=job_id, attempt=attempt, started_at=self._time(started_at)))
+        elif status == JobStatus.COMPLETED.value and started_at is not None:
+            data = json.loads(result) if isinstance(result, str | bytes) else (result or {})
+            attempts.append(JobAttempt(job_id=job_id, attempt=attempt, started_at=self._time(started_at),
+                                       finished_at=self._time(completed_at), outcome="completed",
+                                       result_data=data))
+        return attempts
+
+    def _list(self, where: str, params: list[Any], limit: int | None) -> list[Job]:
+        sql = f"SELECT {COLUMNS} FROM portico_job WHERE {where} ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT %s"
+            params = [*params, int(limit)]
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return [self._job(row) for row in cursor.fetchall()]
+
+    async def list_jobs_by_status(self, status: JobStatus, limit: int | None = None) -> list[Job]:
+        return await self._call(self.list_jobs_by_status_sync, status, limit)
+
+    def list_jobs_by_status_sync(self, status: JobStatus, limit: int | None = None) -> list[Job]:
+        return self._list("status = %s", [JobStatus(status).value], limit)
+
+    async def list_jobs_by_type(self, job_type: str, limit: int | None = None) -> list[Job]:
+        return await self._call(self.list_jobs_by_type_sync, job_type, limit)
+
+    def list_jobs_by_type_sync(self, job_type: str, limit: int | None = None) -> list[Job]:
+        return self._list("job_type = %s", [job_type], limit)
+
+    # -- statistics ----------------------------------------------------------------------
+
+    async def get_queue_stats(self, queue_name: str) -> QueueStats:
+        return await self._call(self.get_queue_stats_sync, queue_name)
+
+    def get_queue_stats_sync(self, queue_name: str) -> QueueStats:
+        return self._stats([queue_name])[0]
+
+    async def get_all_queue_stats(self) -> list[QueueStats]:
+        return await self._call(self.get_all_queue_stats_sync)
+
+    def get_all_queue_stats_sync(self) -> list[QueueStats]:
+        return self._stats(None)
+
+    def _stats(self, only: list[str] | None) -> list[QueueStats]:
+        """Counts from the counter table and latency from the due index: never a table count."""
+        self._compact_if_due()
+        where, params = ("WHERE queue_name = %s", only) if only else ("", [])
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT queue_name, name, SUM(value) FROM portico_queue_counter {where} "
+                "GROUP BY queue_name, name", params)
+            counters: dict[str, dict[str, int]] = {}
+            for queue, name, value in cursor.fetchall():
+                counters.setdefault(queue, {})[name] = int(value)
+            names = only or sorted(counters)
+            latency = self._latency(cursor, names)
+        return [self._queue_stats(name, counters.get(name, {}), latency.get(name, 0.0)) for name in names]
+
+    def _latency(self, cursor, names: list[str]) -> dict[str, float]:
+        if not names:
+            return {}
+        if self.is_postgres:
+            cursor.execute(
+                "SELECT q.name, EXTRACT(EPOCH FROM now() - o.run_at) FROM unnest(%s::text[]) AS q(name) "
+                "CROSS JOIN LATERAL (SELECT run_at FROM portico_job WHERE queue_name = q.name "
+                f"AND status IN {WAITING_SQL} AND run_at <= now() ORDER BY run_at LIMIT 1) o",
+                [names],
+            )
+            return {name: max(0.0, float(age)) for name, age in cursor.fetchall()}
+        now = datetime.now(UTC)
+        ages = {}
+        for name in names:
+            cursor.execute(
+                "SELECT MIN(run_at) FROM portico_job WHERE queue_name = %s "
+                f"AND status IN {WAITING_SQL} AND run_at <= %s", [name, self._param_time(now)])
+            oldest = cursor.fetchone()[0]
+            if oldest is not None:
+                ages[name] = max(0.0, (now - self._time(oldest)).total_seconds())
+        return ages
+
+    @staticmethod
+    def _queue_stats(name: str, c: dict[str, int], latency: float) -> QueueStats:
+        return QueueStats(
+            queue_name=name,
+            pending_count=c.get("pending", 0),
+            running_count=c.get("running", 0),
+            completed_count=c.get("completed", 0),
+            failed_count=c.get("failed", 0),
+            dead_letter_count=c.get("dead_letter", 0),
+            scheduled_count=c.get("scheduled", 0),
+            retrying_count=c.get("retrying", 0),
+            latency_seconds=latency,
+            enqueued_total=c.get("enqueued_total", 0),
+            completed_total=c.get("completed_total", 0),
+            failed_total=c.get("failed_total", 0),
+            dead_lettered_total=c.get("dead_lettered_total", 0),
+            retried_total=c.get("retried_total", 0),
+        )
+
+    def _compact_if_due(self) -> None:
+        if time.monotonic() - self._last_compaction >= 1.0:
+            self._last_compaction = time.monotonic()
+            self.compact_counters_sync()
+
+    def compact_counters_sync(self) -> None:
+        """Fold the counters' delta rows into one row per (queue, name)."""
+        if self.connection.in_atomic_block:
+            return  # inside someone's transaction: not the moment to rewrite shared rows
+        if self.is_postgres:
+            with self._writing() as cursor:
+                cursor.execute("SELECT pg_try_advisory_xact_lock(hashtext('portico_queue_counter'))")
+                if not cursor.fetchone()[0]:
+                    return
+                cursor.execute(
+                    "WITH gone AS (DELETE FROM portico_queue_counter RETURNING queue_name, name, value) "
+                    "INSERT INTO portico_queue_counter (queue_name, name, value) "
+                    "SELECT queue_name, name, SUM(value) FROM gone GROUP BY queue_name, name"
+                )
+            return
+        with self._writing() as cursor:
+            cursor.execute("SELECT MAX(id), COUNT(*) FROM portico_queue_counter")
+            top, rows = cursor.fetchone()
+            if top is None or rows < 2:
+                return
+            cursor.execute(
+                "SELECT queue_name, name, SUM(value) FROM portico_queue_counter WHERE id <= %s "
+                "GROUP BY queue_name, name", [top])
+            sums = cursor.fetchall()
+            cursor.execute("DELETE FROM portico_queue_counter WHERE id <= %s", [top])
+            for queue, name, value in sums:
+                cursor.execute(
+                    "INSERT INTO portico_queue_counter (queue_name, name, value) VALUES (%s, %s, %s)",
+                    [queue, name, value])
+
+    def counter_drift_sync(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(queue, status) -> (counted rows, maintained count), for every pair that differs."""
+        with self.connection.cursor() as cursor:
+            cursor.execute("SELECT queue_name, status, COUNT(*) FROM portico_job GROUP BY queue_name, status")
+            actual = {(q, s): int(n) for q, s, n in cursor.fetchall()}
+            statuses = [s.value for s in JobStatus]
+            cursor.execute(
+                "SELECT queue_name, name, SUM(value) FROM portico_queue_counter WHERE name IN ("
+                + ", ".join(["%s"] * len(statuses)) + ") GROUP BY queue_name, name", statuses)
+            kept = {(q, s): int(n) for q, s, n in cursor.fetchall()}
+        return {
+            key: (actual.get(key, 0), kept.get(key, 0))
+            for key in set(actual) | set(kept)
+            if actual.get(key, 0) != kept.get(key, 0)
+        }
+
+    def fix_counter_drift_sync(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """Recount under a lock that pauses writers, and append the corrections."""
+        with self._writing() as cursor:
+            if self.is_postgres:
+                cursor.execute("LOCK TABLE portico_job IN SHARE MODE")
+            drift = self.counter_drift_sync()
+            for (queue, status), (actual, kept) in drift.items():
+                cursor.execute(
+                    "INSERT INTO portico_queue_counter (queue_name, name, value) VALUES (%s, %s, %s)",
+                    [queue, status, actual - kept])
+        return drift
+
+    # -- waking --------------------------------------------------------------------------
+
+    def _ensure_listener(self) -> None:
+        if self._listener is None:
+            with self._waiters_lock:
+                if self._listener is None:
+                    self._listener = _Listener(self.connection.get_connection_params(), self._wake_waiters)
+                    self._listener.start()
+
+    def _wake_waiters(self) -> None:
+        with self._waiters_lock:
+            waiters = list(self._waiters.items())
+        for waiter, loop in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(_wake, waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _Listener(threading.Thread):
+    """LISTENs on its own connection and wakes waiting dequeues when jobs become due."""
+
+    def __init__(self, params: dict[str, Any], wake: Callable[[], None]) -> None:
+        super().__init__(name="portico-listen", daemon=True)
+        self.params = {k: v for k, v in params.items() if k not in ("cursor_factory", "context")}
+        self.wake = wake
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=5)
+
+    def run(self) -> None:
+        import psycopg
+
+        while not self._stopped.is_set():
+            try:
+                with psycopg.connect(**self.params, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.wake()  # anything that arrived while not listening
+                    while not self._stopped.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self.wake()
+            except Exception:  # noqa: BLE001 - polling covers the gap; try again shortly
+                log.warning("the job notification listener lost its connection; reconnecting",
+                            exc_info=True)
+                self._stopped.wait(1.0)
