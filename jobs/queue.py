@@ -254,29 +254,58 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
 
     def _insert(self, cursor, jobs: list[Job], encoded: list[tuple[str, str]],
                 now: datetime | None) -> dict[UUID, datetime]:
-        if self.is_postgres:
-            row = "(%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, now(), %s::jsonb, coalesce(%s, now()), 0)"
+        if self.is_postgres and len(jobs) == 1:
+            (job,), ((payload, metadata),) = jobs, encoded
+            cursor.execute(
+                "INSERT INTO portico_job (id, queue_name, job_type, payload, priority, max_retries, "
+                "retry_count, scheduled_at, status, created_by, created_at, metadata, run_at, attempt) "
+                "VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, now(), %s::jsonb, "
+                "coalesce(%s, now()), 0) RETURNING id, created_at",
+                [job.id, job.queue_name, job.job_type, payload, job.priority, job.max_retries,
+                 job.retry_count, job.scheduled_at, "scheduled" if job.scheduled_at else "pending",
+                 job.created_by, metadata, job.scheduled_at],
+            )
+        elif self.is_postgres:
+            # One array per column: a fixed handful of parameters however many jobs come.
+            cursor.execute(
+                "INSERT INTO portico_job (id, queue_name, job_type, payload, priority, max_retries, "
+                "retry_count, scheduled_at, status, created_by, created_at, metadata, run_at, attempt) "
+                "SELECT id, queue_name, job_type, payload, priority, max_retries, retry_count, "
+                "scheduled_at, CASE WHEN scheduled_at IS NULL THEN 'pending' ELSE 'scheduled' END, "
+                "created_by, now(), metadata, coalesce(scheduled_at, now()), 0 FROM unnest("
+                "%s::uuid[], %s::text[], %s::text[], %s::jsonb[], %s::int[], %s::int[], %s::int[], "
+                "%s::timestamptz[], %s::uuid[], %s::jsonb[]) AS j(id, queue_name, job_type, payload, "
+                "priority, max_retries, retry_count, scheduled_at, created_by, metadata) "
+                "RETURNING id, created_at",
+                [
+                    [job.id for job in jobs],
+                    [job.queue_name for job in jobs],
+                    [job.job_type for job in jobs],
+                    [payload for payload, _ in encoded],
+                    [job.priority for job in jobs],
+                    [job.max_retries for job in jobs],
+                    [job.retry_count for job in jobs],
+                    [job.scheduled_at for job in jobs],
+                    [job.created_by for job in jobs],
+                    [metadata for _, metadata in encoded],
+                ],
+            )
         else:
             row = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0)"
-        params: list[Any] = []
-        for job, (payload, metadata) in zip(jobs, encoded, strict=True):
-            scheduled = self._param_time(job.scheduled_at)
-            status = "scheduled" if job.scheduled_at else "pending"
-            if self.is_postgres:
-                params += [job.id, job.queue_name, job.job_type, payload, job.priority,
-                           job.max_retries, job.retry_count, scheduled, status, job.created_by,
-                           metadata, scheduled]
-            else:
+            params: list[Any] = []
+            stamp = self._param_time(now)
+            for job, (payload, metadata) in zip(jobs, encoded, strict=True):
+                scheduled = self._param_time(job.scheduled_at)
                 params += [job.id.hex, job.queue_name, job.job_type, payload, job.priority,
-                           job.max_retries, job.retry_count, scheduled, status,
-                           self._param_uuid(job.created_by), self._param_time(now), metadata,
-                           scheduled or self._param_time(now)]
-        cursor.execute(
-            "INSERT INTO portico_job (id, queue_name, job_type, payload, priority, max_retries, "
-            "retry_count, scheduled_at, status, created_by, created_at, metadata, run_at, attempt) "
-            f"VALUES {', '.join([row] * len(jobs))} RETURNING id, created_at",
-            params,
-        )
+                           job.max_retries, job.retry_count, scheduled,
+                           "scheduled" if job.scheduled_at else "pending",
+                           self._param_uuid(job.created_by), stamp, metadata, scheduled or stamp]
+            cursor.execute(
+                "INSERT INTO portico_job (id, queue_name, job_type, payload, priority, max_retries, "
+                "retry_count, scheduled_at, status, created_by, created_at, metadata, run_at, attempt) "
+                f"VALUES {', '.join([row] * len(jobs))} RETURNING id, created_at",
+                params,
+            )
         return {
             (job_id if isinstance(job_id, UUID) else UUID(job_id)): self._time(created)
             for job_id, created in cursor.fetchall()
@@ -443,14 +472,15 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
         texts = [check_json(result or {}, "result_data") for _, _, result in items]
         returning = ", ".join("j." + c.strip() for c in COLUMNS.split(","))
         if self.is_postgres:
-            values = ", ".join(["(%s::uuid, %s::timestamptz, %s::jsonb)"] * len(items))
-            params: list[Any] = []
-            for (job_id, claim, _), text in zip(items, texts, strict=True):
-                params += [job_id, claim.started_at if claim else None, text]
+            params = [
+                [job_id for job_id, _, _ in items],
+                [claim.started_at if claim else None for _, claim, _ in items],
+                texts,
+            ]
             sql = (
                 "UPDATE portico_job j SET status = 'completed', completed_at = now(), "
                 "result_data = v.result, lease_expires_at = NULL "
-                f"FROM (VALUES {values}) AS v(id, started_at, result) "
+                "FROM unnest(%s::uuid[], %s::timestamptz[], %s::jsonb[]) AS v(id, started_at, result) "
                 "WHERE j.id = v.id AND j.status = 'running' "
                 "AND (v.started_at IS NULL OR j.started_at = v.started_at) "
                 f"RETURNING {returning}"
