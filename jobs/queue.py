@@ -14,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
-from django.conf import settings
 from django.db import IntegrityError, connections, transaction
 from django.utils.dateparse import parse_datetime
 
+from jobs.conf import setting
 from portico import lifecycle
 from portico.adapters.job_queue.memory_queue import queue_names
 from portico.exceptions import (
@@ -28,7 +28,7 @@ from portico.exceptions import (
 )
 from portico.ports.job import WAITING_STATUSES, Job, JobAttempt, JobStatus, QueueStats
 from portico.ports.job_queue import JobQueueAdapter
-from portico.validation import DEFAULT_MAX_PAYLOAD_BYTES, check_job, check_json, clean_text
+from portico.validation import check_job, check_json, clean_text
 
 log = logging.getLogger("portico.queue")
 T = TypeVar("T")
@@ -42,10 +42,6 @@ WAITING_SQL = "('pending', 'scheduled', 'retrying')"
 INSERT_CHUNK = 1000
 TRANSITION_CHUNK = 500
 TOTALS = ("enqueued", "completed", "failed", "dead_lettered", "retried")
-
-
-def _setting(name: str, default: Any) -> Any:
-    return getattr(settings, name, default)
 
 
 class DatabaseJobQueueAdapter(JobQueueAdapter):
@@ -70,14 +66,14 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
     ) -> None:
         self.using = using
         self.lease_seconds = float(
-            lease_seconds if lease_seconds is not None else _setting("PORTICO_LEASE_SECONDS", 60.0)
+            lease_seconds if lease_seconds is not None else setting("PORTICO_LEASE_SECONDS")
         )
         self.max_payload_bytes = (
             max_payload_bytes if max_payload_bytes is not None
-            else _setting("PORTICO_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES)
+            else setting("PORTICO_MAX_PAYLOAD_BYTES")
         )
         self.poll_interval = float(
-            poll_interval if poll_interval is not None else _setting("PORTICO_POLL_INTERVAL", 0.5)
+            poll_interval if poll_interval is not None else setting("PORTICO_POLL_INTERVAL")
         )
         self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
@@ -742,7 +738,7 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
         Counts of completed jobs go down; lifetime totals stay as they were.
         """
         if older_than is None:
-            older_than = timedelta(seconds=float(_setting("PORTICO_RETENTION", 7 * 86400)))
+            older_than = timedelta(seconds=float(setting("PORTICO_RETENTION")))
         deleted = 0
         while True:
             with self._writing() as cursor:
