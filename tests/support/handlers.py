@@ -7,6 +7,7 @@ import os
 from asgiref.sync import sync_to_async
 from django.db import connection
 
+from jobs.registry import job_handler
 from portico.ports.job import Job, JobResult
 from portico.ports.job_handler import JobHandler
 
@@ -78,3 +79,16 @@ class PoisonHandler(_Recording):
     async def handle(self, job: Job) -> JobResult:
         await self._record(job)
         os._exit(13)
+
+
+@job_handler("test.orm")
+def count_queue_jobs(job: Job) -> dict:
+    """A plain synchronous function using the ORM, as application code writes handlers."""
+    from jobs.models import JobRecord
+
+    record_execution(job)
+    return {"jobs_in_queue": JobRecord.objects.filter(queue_name=job.queue_name).count()}
+
+
+# A handler given to PORTICO_HANDLERS as an instance rather than a class.
+noop_handler = NoopHandler()

@@ -779,3 +779,283 @@ async def test_a_hundred_jobs_failing_at_once_come_back_spread_out_and_capped() 
     assert all(5 <= wait <= 10 for wait in waits)
     assert max(waits) - min(waits) > 1
     assert await queue.dequeue("burst", timeout=0) is None  # none is due before its delay
+
+
+# -- batch claiming -------------------------------------------------------------------------
+
+
+class ClaimSpy(MemoryJobQueueAdapter):
+    """The memory adapter, recording every claim call; ``gate`` can hold batch claims open."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.batches: list[tuple[int, int]] = []  # (limit asked, jobs claimed)
+        self.blocking: list[float] = []  # timeouts of blocking dequeues
+        self.gate: asyncio.Event | None = None
+        self.claim_started = asyncio.Event()
+        self.failures_left = 0
+
+    async def dequeue_many(self, queue_name: Any, limit: int) -> list[Job]:
+        if self.failures_left:
+            self.failures_left -= 1
+            raise ConnectionError("the store is briefly unreachable")
+        claimed = await super().dequeue_many(queue_name, limit)
+        self.batches.append((limit, len(claimed)))
+        self.claim_started.set()
+        if self.gate is not None:
+            await self.gate.wait()  # claimed, and not yet handed to the worker
+        return claimed
+
+    async def dequeue(self, queue_name: Any, timeout: float = 30) -> Job | None:
+        self.blocking.append(timeout)
+        return await super().dequeue(queue_name, timeout)
+
+
+def all_finished(queue: MemoryJobQueueAdapter, total: int):
+    async def check() -> bool:
+        return (await queue.get_queue_stats("default")).completed_count == total
+
+    return check
+
+
+async def test_a_batch_worker_claims_several_due_jobs_in_one_call(start_worker, eventually) -> None:
+    queue = ClaimSpy()
+    for n in range(40):
+        await queue.enqueue(new_job("quick", payload={"n": n}))
+
+    await start_worker([FnHandler("quick", succeed())], job_queue=queue, concurrency=8, batch_size=8)
+
+    await eventually(all_finished(queue, 40))
+    assert max(claimed for _, claimed in queue.batches) == 8
+    assert len(queue.batches) < 40
+    assert all(limit <= 8 for limit, _ in queue.batches)
+
+
+async def test_a_batch_worker_never_claims_more_jobs_than_it_has_free_slots(
+    start_worker, eventually
+) -> None:
+    queue = ClaimSpy()
+    release = asyncio.Event()
+
+    async def held(job: Job) -> JobResult:
+        await release.wait()
+        return JobResult(success=True)
+
+    for _ in range(10):
+        await queue.enqueue(new_job("held"))
+    await start_worker([FnHandler("held", held)], job_queue=queue, concurrency=3, batch_size=10)
+
+    async def three_running() -> bool:
+        return (await queue.get_queue_stats("default")).running_count == 3
+
+    await eventually(three_running)
+    await asyncio.sleep(0.05)  # time for a wrong extra claim to show
+    stats = await queue.get_queue_stats("default")
+    assert (stats.running_count, stats.pending_count) == (3, 7)
+    assert all(limit <= 3 for limit, _ in queue.batches)
+
+    release.set()
+    await eventually(all_finished(queue, 10))
+
+
+async def test_a_batch_worker_waits_on_a_blocking_dequeue_only_when_nothing_is_due(
+    start_worker, eventually
+) -> None:
+    queue = ClaimSpy()
+    await start_worker([FnHandler("late", succeed())], job_queue=queue, concurrency=4,
+                       batch_size=4, poll_timeout=30)
+    await eventually(lambda: queue.blocking == [30])  # idle: one wait, nothing busy-polled
+    assert queue.batches == [(4, 0)]
+
+    job = await queue.enqueue(new_job("late"))
+    await eventually(in_status(queue, job.id, JobStatus.COMPLETED), timeout=2)
+
+
+async def test_a_batch_worker_respects_priority_across_its_queues(start_worker, eventually) -> None:
+    queue = MemoryJobQueueAdapter()
+    order: list[str] = []
+
+    async def record(job: Job) -> JobResult:
+        order.append(job.payload["name"])
+        return JobResult(success=True)
+
+    await queue.enqueue(new_job("rec", "q1", payload={"name": "low"}, priority=1))
+    await queue.enqueue(new_job("rec", "q2", payload={"name": "high"}, priority=9))
+    await queue.enqueue(new_job("rec", "q1", payload={"name": "middle"}, priority=5))
+    await start_worker([FnHandler("rec", record)], job_queue=queue, concurrency=1,
+                       batch_size=10, queues=["q1", "q2"])
+
+    await eventually(lambda: len(order) == 3)
+    assert order == ["high", "middle", "low"]
+
+
+async def test_many_batch_workers_on_one_queue_run_every_job_exactly_once(
+    queue, start_worker, eventually
+) -> None:
+    executions: Counter[UUID] = Counter()
+
+    async def count(job: Job) -> JobResult:
+        executions[job.id] += 1
+        await asyncio.sleep(0)
+        return JobResult(success=True)
+
+    ids = [(await queue.enqueue(new_job("count", payload={"n": n}))).id for n in range(250)]
+    for _ in range(4):
+        await start_worker([FnHandler("count", count)], concurrency=5, batch_size=4)
+    ids += [(await queue.enqueue(new_job("count", payload={"n": n}))).id for n in range(250, 500)]
+
+    await eventually(all_finished(queue, 500), timeout=15)
+    assert set(executions) == set(ids)
+    assert [job_id for job_id, times in executions.items() if times != 1] == []
+
+
+async def test_stopping_a_batch_worker_mid_claim_releases_the_jobs_it_had_not_started(
+    start_worker, eventually
+) -> None:
+    queue = ClaimSpy()
+    ran: list[UUID] = []
+
+    async def handle(job: Job) -> JobResult:
+        ran.append(job.id)
+        return JobResult(success=True)
+
+    jobs = [await queue.enqueue(new_job("held", max_retries=3)) for _ in range(5)]
+    queue.gate = asyncio.Event()
+    manager = await start_worker([FnHandler("held", handle)], job_queue=queue, concurrency=5,
+                                 batch_size=5)
+    await asyncio.wait_for(queue.claim_started.wait(), timeout=2)
+    assert (await queue.get_queue_stats("default")).running_count == 5
+
+    stopping = asyncio.create_task(manager.stop(grace_period=5))
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # the stop waits for the claim under way...
+    queue.gate.set()
+    await asyncio.wait_for(stopping, timeout=2)
+
+    assert ran == []  # ...and runs none of what it took: all of it goes back
+    for job in jobs:
+        back = await queue.get_job(job.id)
+        assert back.status is JobStatus.PENDING and back.retry_count == 0
+        assert [a.outcome for a in await queue.get_job_attempts(job.id)] == ["released"]
+    assert await queue.list_jobs_by_status(JobStatus.RUNNING) == []
+
+
+async def test_stopping_a_batch_worker_lets_jobs_in_flight_finish_and_releases_the_late_ones(
+    queue, start_worker, eventually
+) -> None:
+    async def by_payload(job: Job) -> JobResult:
+        await asyncio.sleep(job.payload["seconds"])
+        return JobResult(success=True)
+
+    short = [await queue.enqueue(new_job("sleep", payload={"seconds": 0.1})) for _ in range(3)]
+    long = await queue.enqueue(new_job("sleep", payload={"seconds": 10}))
+    manager = await start_worker([FnHandler("sleep", by_payload)], concurrency=4, batch_size=4)
+
+    async def four_running() -> bool:
+        return (await queue.get_queue_stats("default")).running_count == 4
+
+    await eventually(four_running)
+    started = time.monotonic()
+    await manager.stop(grace_period=0.5)
+    assert time.monotonic() - started < 2
+
+    for job in short:
+        assert (await queue.get_job(job.id)).status is JobStatus.COMPLETED
+    assert (await queue.get_job(long.id)).status is JobStatus.PENDING
+    assert await queue.list_jobs_by_status(JobStatus.RUNNING) == []
+
+
+async def test_a_batch_worker_survives_a_failing_claim(start_worker, eventually, caplog) -> None:
+    queue = ClaimSpy()
+    queue.failures_left = 1
+    job = await queue.enqueue(new_job("quick"))
+    await start_worker([FnHandler("quick", succeed())], job_queue=queue, concurrency=2,
+                       batch_size=2, poll_timeout=0.05)
+
+    await eventually(in_status(queue, job.id, JobStatus.COMPLETED), timeout=3)
+    assert any("claiming a job" in record.getMessage() for record in caplog.records)
+
+
+async def test_heartbeats_keep_the_leases_of_batch_claimed_jobs_alive(start_worker, eventually) -> None:
+    queue = MemoryJobQueueAdapter(lease_seconds=0.2)
+
+    async def long(job: Job) -> JobResult:
+        await asyncio.sleep(0.5)
+        return JobResult(success=True)
+
+    jobs = [await queue.enqueue(new_job("long")) for _ in range(3)]
+    await start_worker([FnHandler("long", long)], job_queue=queue, concurrency=3, batch_size=3,
+                       heartbeat_interval=0.05)
+
+    rescued: list[UUID] = []
+    while (await queue.get_queue_stats("default")).completed_count < 3:
+        rescued += await queue.rescue()
+        await asyncio.sleep(0.02)
+    assert rescued == []
+    for job in jobs:
+        assert len(await queue.get_job_attempts(job.id)) == 1
+
+
+def test_a_batch_size_below_one_is_refused(queue) -> None:
+    with pytest.raises(ValueError):
+        WorkerManager(queue, [], batch_size=0)
+
+
+async def test_a_batch_worker_claims_the_next_batch_while_the_last_outcomes_are_being_written(
+    start_worker, eventually
+) -> None:
+    class SlowWrites(ClaimSpy):
+        """Acknowledgements wait at a gate: the outcome writes of a batch, still under way."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes = asyncio.Event()
+            self.waiting_writes = 0
+
+        async def acknowledge(self, job_id: UUID, result_data: Any = None, *, claim: Any = None) -> Job:
+            self.waiting_writes += 1
+            await self.writes.wait()
+            return await super().acknowledge(job_id, result_data, claim=claim)
+
+    queue = SlowWrites()
+    ran = 0
+
+    async def count(job: Job) -> JobResult:
+        nonlocal ran
+        ran += 1
+        return JobResult(success=True)
+
+    for _ in range(8):
+        await queue.enqueue(new_job("quick"))
+    await start_worker([FnHandler("quick", count)], job_queue=queue, concurrency=4, batch_size=4)
+
+    # The first four ran and wait for their writes; the next four are claimed meanwhile...
+    await eventually(lambda: queue.waiting_writes == 4 and sum(n for _, n in queue.batches) == 8)
+    assert ran == 4  # ...but not started: no more than four handlers at a time
+    assert (await queue.get_queue_stats("default")).running_count == 8
+
+    queue.writes.set()
+    await eventually(all_finished(queue, 8))
+    assert ran == 8
+
+
+async def test_a_batch_worker_keeps_filling_a_free_slot_while_long_jobs_hold_the_others(
+    queue, start_worker, eventually
+) -> None:
+    release = asyncio.Event()
+
+    async def by_kind(job: Job) -> JobResult:
+        if job.payload["long"]:
+            await release.wait()
+        return JobResult(success=True)
+
+    long = [await queue.enqueue(new_job("mixed", payload={"long": True}, priority=1)) for _ in range(3)]
+    short = [await queue.enqueue(new_job("mixed", payload={"long": False})) for _ in range(10)]
+    await start_worker([FnHandler("mixed", by_kind)], concurrency=4, batch_size=4)
+
+    for job in short:  # one slot, claimed one job at a time, while three stay taken
+        await eventually(in_status(queue, job.id, JobStatus.COMPLETED))
+    for job in long:
+        assert (await queue.get_job(job.id)).status is JobStatus.RUNNING
+    release.set()
+    await eventually(all_finished(queue, 13))

@@ -5,7 +5,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from uuid import UUID
 
 from portico.exceptions import InvalidJobStateError, PorticoError, StaleClaimError
 from portico.kits.job.registry import Handlers, handlers_by_type
@@ -43,6 +44,9 @@ class JobExecutor:
     or a timeout) calls the handler's ``on_failure`` and is then rejected: retried after
     the policy's backoff unless the result says ``retry_recommended: False``. A job whose
     type has no handler fails for good with an error that says so.
+
+    ``on_handled``, if given, is told each job whose handling is over and whose outcome is
+    about to be written, so a caller can start claiming the next job meanwhile.
     """
 
     def __init__(
@@ -53,12 +57,14 @@ class JobExecutor:
         retry_policy: RetryPolicy | None = None,
         job_timeout: float | None = None,
         logger: logging.Logger | None = None,
+        on_handled: Callable[[Job], None] | None = None,
     ) -> None:
         self.job_queue = job_queue
         self.handlers = handlers_by_type(handlers)
         self.retry_policy = retry_policy or RetryPolicy()
         self.job_timeout = job_timeout
         self.log = logger or log
+        self.on_handled = on_handled
 
     async def execute(self, job: Job) -> Job | None:
         """Run the claimed job; return it as recorded, or None if the claim had gone stale.
@@ -70,10 +76,17 @@ class JobExecutor:
         try:
             return await self._execute(job, started)
         except asyncio.CancelledError:
-            with contextlib.suppress(InvalidJobStateError):
-                await asyncio.shield(self.job_queue.release(job.id, claim=job))
-            self._log(job, started, "released", None)
+            await asyncio.shield(self._give_back(job, started))
             raise
+
+    async def release(self, job: Job) -> None:
+        """Give a claimed job back to its queue unrun: a worker stopping before it started it."""
+        await self._give_back(job, time.monotonic())
+
+    async def _give_back(self, job: Job, started: float) -> None:
+        with contextlib.suppress(InvalidJobStateError):  # already rescued: nothing to give back
+            await self.job_queue.release(job.id, claim=job)
+        self._log(job, started, "released", None)
 
     async def _execute(self, job: Job, started: float) -> Job | None:
         handler = self.handlers.get(job.job_type)
@@ -140,6 +153,8 @@ class JobExecutor:
             )
 
     async def _record(self, job: Job, started: float, verdict: str, outcome, error: str | None) -> Job | None:
+        if self.on_handled is not None:
+            self.on_handled(job)
         try:
             recorded = await outcome
         except StaleClaimError:
@@ -167,9 +182,18 @@ class JobExecutor:
 class WorkerManager:
     """Claims jobs from one or more queues and runs them, ``concurrency`` at a time.
 
+    With ``batch_size`` 1 each slot claims its own job. With a larger ``batch_size`` one
+    claimer takes up to that many due jobs in a single ``dequeue_many`` (never more than
+    there are free slots) and hands them to the free slots; it waits on a blocking
+    ``dequeue`` only when nothing was due. A slot whose handler has finished counts as free
+    while its outcome is being written, so that a whole batch is claimed during the writes
+    instead of after them; its jobs start as the writes end. Handlers never run more than
+    ``concurrency`` at a time.
+
     ``stop()`` is graceful: no new claims; jobs in flight get ``grace_period`` seconds to
-    finish; the rest are released back to their queue, so none is lost. While running,
-    the manager keeps its claims' leases alive with heartbeats.
+    finish; the rest, and any job claimed but not yet started, are released back to their
+    queue, so none is lost. While running, the manager keeps its claims' leases alive with
+    heartbeats.
     """
 
     def __init__(
@@ -179,6 +203,7 @@ class WorkerManager:
         concurrency: int = 1,
         queues: str | Sequence[str] = ("default",),
         *,
+        batch_size: int = 1,
         retry_policy: RetryPolicy | None = None,
         job_timeout: float | None = None,
         grace_period: float = 30.0,
@@ -189,13 +214,17 @@ class WorkerManager:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
         self.job_queue = job_queue
         self.queues = (queues,) if isinstance(queues, str) else tuple(queues)
         if not self.queues:
             raise ValueError("a worker needs at least one queue")
         self.concurrency = concurrency
+        self.batch_size = batch_size
         self.executor = JobExecutor(
-            job_queue, handlers, retry_policy=retry_policy, job_timeout=job_timeout, logger=logger
+            job_queue, handlers, retry_policy=retry_policy, job_timeout=job_timeout, logger=logger,
+            on_handled=self._handled,
         )
         self.grace_period = grace_period
         self.poll_timeout = poll_timeout
@@ -208,6 +237,13 @@ class WorkerManager:
         self._busy: set[asyncio.Task[None]] = set()
         self._claims: dict[object, Job] = {}
         self._stopping = False
+        # Batch claiming: the claimer, the jobs it claimed that no slot has started yet,
+        # the hand-off to the slots, and a signal that a slot came free.
+        self._claimer: asyncio.Task[None] | None = None
+        self._handling: set[UUID] = set()  # jobs whose handler has not finished yet
+        self._unstarted: dict[UUID, Job] = {}
+        self._handoff: asyncio.Queue[Job] = asyncio.Queue()
+        self._freed = asyncio.Event()
 
     @property
     def handlers(self) -> dict[str, JobHandler]:
@@ -225,10 +261,15 @@ class WorkerManager:
         if self._slots:
             raise RuntimeError("this WorkerManager is already started")
         self._stopping = False
+        slot = self._slot if self.batch_size == 1 else self._fed_slot
         self._slots = [
-            asyncio.create_task(self._slot(), name=f"portico-worker-{n}")
+            asyncio.create_task(slot(), name=f"portico-worker-{n}")
             for n in range(self.concurrency)
         ]
+        if self.batch_size > 1:
+            self._handoff = asyncio.Queue()
+            self._freed = asyncio.Event()
+            self._claimer = asyncio.create_task(self._claim_batches(), name="portico-claimer")
         self._helpers = [asyncio.create_task(self._every(self.heartbeat_interval, self._heartbeat))]
         if self.rescue_interval:
             self._helpers.append(asyncio.create_task(self._every(self.rescue_interval, self._rescue)))
@@ -238,10 +279,17 @@ class WorkerManager:
             return
         grace = self.grace_period if grace_period is None else grace_period
         self._stopping = True
-        # Idle slots are only waiting for work; dequeue is safe to cancel.
+        if self._claimer is not None:
+            # A claim under way is let finish; what it took joins the jobs not yet started.
+            self._claimer.cancel()
+            await asyncio.gather(self._claimer, return_exceptions=True)
+            self._claimer = None
+        # Idle slots are only waiting for work; dequeue is safe to cancel, and a job handed
+        # to a slot that has not taken it yet stays among the unstarted.
         for slot in self._slots:
             if slot not in self._busy:
                 slot.cancel()
+        await self._release_unstarted()
         _, late = await asyncio.wait(self._slots, timeout=grace) if grace > 0 else (set(), set(self._slots))
         for slot in late:
             slot.cancel()  # the executor releases the job back to its queue
@@ -262,6 +310,7 @@ class WorkerManager:
             await asyncio.shield(self.stop())
 
     async def _slot(self) -> None:
+        """One job at a time, each claimed by the slot itself (``batch_size`` 1)."""
         this = asyncio.current_task()
         assert this is not None
         while not self._stopping:
@@ -270,22 +319,102 @@ class WorkerManager:
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - a store outage must not kill the worker
-                self.log.exception("claiming a job from %s failed; retrying", ", ".join(self.queues))
-                await asyncio.sleep(min(self.poll_timeout, 1.0))
+                await self._claim_failed()
                 continue
-            if job is None:
+            if job is not None:
+                await self._run(this, job)
+
+    async def _fed_slot(self) -> None:
+        """One job at a time, each handed over by the claimer (``batch_size`` above 1)."""
+        this = asyncio.current_task()
+        assert this is not None
+        while not self._stopping:
+            job = await self._handoff.get()
+            if self._stopping:
+                return  # the job stays among the unstarted, which stop() releases
+            # No await between taking the job and marking the slot busy (in _run), so a
+            # stop sees the job either among the unstarted or in flight, never neither.
+            self._unstarted.pop(job.id, None)
+            await self._run(this, job)
+            self._freed.set()
+
+    async def _run(self, slot: asyncio.Task[None], job: Job) -> None:
+        self._busy.add(slot)
+        self._claims[slot] = job
+        self._handling.add(job.id)
+        try:
+            await self.executor.execute(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - recording failed; the lease brings the job back
+            self.log.exception("recording the outcome of job %s failed", job.id)
+        finally:
+            self._busy.discard(slot)
+            self._claims.pop(slot, None)
+            self._handling.discard(job.id)
+
+    def _handled(self, job: Job) -> None:
+        self._handling.discard(job.id)
+        self._freed.set()
+
+    async def _claim_batches(self) -> None:
+        full = min(self.batch_size, self.concurrency)
+        while not self._stopping:
+            self._freed.clear()
+            free = self.concurrency - len(self._handling) - self._handoff.qsize()
+            writing = len(self._busy) - len(self._handling)  # slots waiting for an outcome write
+            # A whole batch is claimed at once, even while outcomes are being written; a part
+            # of one waits for those writes, else claims and writes would keep splitting the
+            # slots into smaller and smaller batches.
+            if free <= 0 or (free < full and writing > 0):
+                await self._freed.wait()
                 continue
-            self._busy.add(this)
-            self._claims[this] = job
             try:
-                await self.executor.execute(job)
+                jobs = await self._claim_many(min(self.batch_size, free))
+                if not jobs:
+                    job = await self.job_queue.dequeue(self.queues, timeout=self.poll_timeout)
+                    jobs = [job] if job is not None else []
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - recording failed; the lease brings the job back
-                self.log.exception("recording the outcome of job %s failed", job.id)
-            finally:
-                self._busy.discard(this)
-                self._claims.pop(this, None)
+            except Exception:  # noqa: BLE001 - a store outage must not kill the worker
+                await self._claim_failed()
+                continue
+            self._hand_over(jobs)
+
+    async def _claim_many(self, limit: int) -> list[Job]:
+        """dequeue_many, run to its end even if the worker stops meanwhile.
+
+        An adapter's dequeue_many need not be safe to cancel (the port's default claims one
+        job at a time), so a stop waits for the claim and keeps what it took, to release it.
+        """
+        claiming = asyncio.ensure_future(self.job_queue.dequeue_many(self.queues, limit))
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                self._hand_over(await claiming)
+            raise
+
+    def _hand_over(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self._unstarted[job.id] = job
+            self._handoff.put_nowait(job)
+
+    async def _release_unstarted(self) -> None:
+        unstarted, self._unstarted = list(self._unstarted.values()), {}
+        self._handoff = asyncio.Queue()
+        outcomes = await asyncio.gather(
+            *(self.executor.release(job) for job in unstarted), return_exceptions=True
+        )
+        for job, outcome in zip(unstarted, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                self.log.error(
+                    "releasing job %s failed; its lease will bring it back", job.id, exc_info=outcome
+                )
+
+    async def _claim_failed(self) -> None:
+        self.log.exception("claiming a job from %s failed; retrying", ", ".join(self.queues))
+        await asyncio.sleep(min(self.poll_timeout, 1.0))
 
     async def _every(self, interval: float, action) -> None:
         while True:
@@ -298,7 +427,7 @@ class WorkerManager:
                 self.log.exception("periodic %s failed", getattr(action, "__name__", action))
 
     async def _heartbeat(self) -> None:
-        claims = self.in_flight
+        claims = self.in_flight + list(self._unstarted.values())
         if not claims:
             return
         held = set(await self.job_queue.heartbeat(claims))

@@ -1,0 +1,211 @@
+"""The built-in worker process: WorkerManager over the job store, maintenance on timers, and signals."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from django.db import DatabaseError, connections
+
+from jobs.conf import setting
+from jobs.queue import DatabaseJobQueueAdapter
+from jobs.registry import get_handlers
+from jobs.services import retry_policy
+from portico.kits.job import WorkerManager
+from portico.ports.job_handler import JobHandler
+
+log = logging.getLogger("portico.worker")
+
+# How long the process waits, once stopped, for handler threads to end before it leaves
+# without them (a synchronous handler cannot be interrupted; its job is already released).
+THREAD_EXIT_WAIT = 1.0
+
+
+class Worker:
+    """One ``portico_worker`` process: runs jobs until SIGTERM or SIGINT, then stops gracefully.
+
+    The first signal stops claiming, gives the jobs in flight ``PORTICO_GRACE_PERIOD``
+    seconds and releases the rest; a second signal exits at once, and the leases of the
+    jobs it abandons bring them back. Rescue, pruning and counter compaction run on timers,
+    each under a PostgreSQL advisory lock so that one process at a time does it.
+    """
+
+    def __init__(
+        self,
+        queues: Sequence[str] = ("default",),
+        concurrency: int = 10,
+        batch_size: int = 10,
+        *,
+        job_queue: DatabaseJobQueueAdapter | None = None,
+        handlers: dict[str, JobHandler] | None = None,
+    ) -> None:
+        self.queues = tuple(queues)
+        self.job_queue = job_queue or DatabaseJobQueueAdapter()
+        self.handlers = get_handlers() if handlers is None else handlers
+        self.grace_period = float(setting("PORTICO_GRACE_PERIOD"))
+        timeout = setting("PORTICO_JOB_TIMEOUT")
+        self.manager = WorkerManager(
+            self.job_queue,
+            self.handlers,
+            concurrency,
+            self.queues,
+            batch_size=batch_size,
+            retry_policy=retry_policy(),
+            job_timeout=float(timeout) if timeout is not None else None,
+            grace_period=self.grace_period,
+            heartbeat_interval=float(setting("PORTICO_HEARTBEAT_SECONDS")),
+        )
+        self.maintenance: list[tuple[str, float, Callable[[], Any]]] = [
+            ("rescue", float(setting("PORTICO_RESCUE_INTERVAL")), self._rescue),
+            ("prune", float(setting("PORTICO_PRUNE_INTERVAL")), self._prune),
+            ("compact", float(setting("PORTICO_COMPACT_INTERVAL")), self.job_queue.compact_counters_sync),
+        ]
+        self._stop: asyncio.Event | None = None
+        self._signals = 0
+
+    def run(self) -> None:
+        """Work until signalled, then return (exit status 0); a second signal exits at once."""
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            # Not shutdown_default_executor(): it would wait for a synchronous handler that
+            # outlived the grace period, and whose job is already back in its queue.
+            loop.close()
+        _leave_lingering_threads_behind()
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._signalled, signum)
+        maintenance_pool = ThreadPoolExecutor(1, thread_name_prefix="portico-maintenance")
+        timers = [
+            asyncio.create_task(self._every(maintenance_pool, name, interval, action),
+                                name=f"portico-{name}")
+            for name, interval, action in self.maintenance if interval > 0
+        ]
+        try:
+            await self.job_queue.initialize()
+            await self.manager.start()
+            log.info(
+                "portico_worker started: pid=%d queues=%s concurrency=%d batch=%d handlers=%s",
+                os.getpid(), ",".join(self.queues), self.manager.concurrency,
+                self.manager.batch_size, ",".join(sorted(self.handlers)) or "(none)",
+            )
+            await self._stop.wait()
+            log.info(
+                "portico_worker stopping: no new claims; %d job(s) in flight get up to %gs to finish",
+                len(self.manager.in_flight), self.grace_period,
+            )
+            await self.manager.stop()
+        finally:
+            for timer in timers:
+                timer.cancel()
+            await asyncio.gather(*timers, return_exceptions=True)
+            await loop.run_in_executor(maintenance_pool, self._close_connection)
+            maintenance_pool.shutdown(wait=True)
+            await self.job_queue.close()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        log.info("portico_worker stopped: pid=%d", os.getpid())
+
+    def _signalled(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        self._signals += 1
+        if self._signals > 1:
+            log.warning(
+                "portico_worker: %s again, exiting at once; the leases of %d job(s) in flight "
+                "will bring them back", name, len(self.manager.in_flight),
+            )
+            _flush_output()
+            os._exit(128 + signum)
+        log.info("portico_worker: %s received", name)
+        assert self._stop is not None
+        self._stop.set()
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    async def _every(self, pool: ThreadPoolExecutor, name: str, interval: float,
+                     action: Callable[[], Any]) -> None:
+        """Run action now and then every interval seconds, on the maintenance thread."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(pool, self._exclusively, name, action)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("maintenance %r failed; trying again in %gs", name, interval)
+            await asyncio.sleep(interval)
+
+    def _exclusively(self, name: str, action: Callable[[], Any]) -> None:
+        """Run action unless another process is doing the same (PostgreSQL advisory lock).
+
+        A session lock, not a transaction one: rescue and prune commit in batches. It goes
+        with the connection if the process dies. SQLite serializes writers by itself.
+        """
+        conn = connections[self.job_queue.using]
+        try:
+            if conn.vendor != "postgresql":
+                action()
+                return
+            key = f"portico_maintenance:{name}"
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key])
+                if not cursor.fetchone()[0]:
+                    return
+            try:
+                action()
+            finally:
+                with contextlib.suppress(DatabaseError), conn.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])
+        finally:
+            conn.close_if_unusable_or_obsolete()
+
+    def _rescue(self) -> None:
+        self.job_queue.rescue_sync()  # logs what it rescued
+
+    def _prune(self) -> None:
+        pruned = self.job_queue.prune_sync()
+        if pruned:
+            log.info("pruned %d completed job(s) older than the retention period", pruned)
+
+    def _close_connection(self) -> None:
+        connections[self.job_queue.using].close()
+
+
+def _flush_output() -> None:
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def _leave_lingering_threads_behind() -> None:
+    """Exit now if a handler thread is still running after the stop.
+
+    Only a synchronous handler that outlived the grace period can be one: its job is back in
+    its queue, so the process must not stay to finish it (the interpreter would wait for it).
+    """
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    deadline = time.monotonic() + THREAD_EXIT_WAIT
+    for thread in others:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    lingering = [t.name for t in others if t.is_alive()]
+    if lingering:
+        log.warning("portico_worker: leaving %d handler thread(s) still running: %s",
+                    len(lingering), ", ".join(lingering))
+        _flush_output()
+        os._exit(0)
