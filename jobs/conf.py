@@ -23,8 +23,38 @@ DEFAULTS: dict[str, Any] = {
     "PORTICO_JOB_TIMEOUT": None,
     # Seconds a stopping worker gives jobs in flight before releasing them.
     "PORTICO_GRACE_PERIOD": 30.0,
+    # Seconds between rescues and between prunes, by Celery beat or the built-in worker (in
+    # which 0 turns one off, as for PORTICO_COMPACT_INTERVAL below).
     "PORTICO_RESCUE_INTERVAL": 15.0,
     "PORTICO_PRUNE_INTERVAL": 3600.0,
+    # Cron schedules manage.py portico_scheduler turns into jobs (format in the README), and
+    # the seconds between its checks for due fire times.
+    "PORTICO_SCHEDULES": [],
+    "PORTICO_SCHEDULER_INTERVAL": 1.0,
+    # The webhook (POST /webhooks/jobs): its bearer token (None refuses every request), the
+    # job types it may create (none unless listed), and the largest body it reads, in bytes.
+    "PORTICO_WEBHOOK_TOKEN": None,
+    "PORTICO_WEBHOOK_JOB_TYPES": [],
+    "PORTICO_WEBHOOK_MAX_BYTES": 1024 * 1024,
+    # Told, after commit, the names of queues that just got due jobs: a dotted path to a
+    # callable taking them ("jobs.dispatch.ring" when Celery runs the jobs), or None.
+    "PORTICO_DISPATCH": None,
+    # Celery: the most jobs one run_queue task claims at once, and the seconds it keeps
+    # claiming before it hands the worker process back (ringing again if work is left).
+    "PORTICO_CELERY_BATCH": 10,
+    "PORTICO_CELERY_TASK_BUDGET": 10.0,
+    # Seconds between Celery beat's sweeps (a doorbell for every queue with due jobs), and
+    # between foldings of the counter table (by beat, or by the built-in worker).
+    "PORTICO_SWEEP_INTERVAL": 0.5,
+    "PORTICO_COMPACT_INTERVAL": 10.0,
+    # The dashboard and admin mask the value of every key (at any depth of a payload,
+    # metadata or result) whose name contains one of these, ignoring case.
+    "PORTICO_REDACT_KEYS": ["password", "token", "secret", "authorization"],
+    # Jobs one transaction of a requeue, cancel or discard over a filter changes.
+    "PORTICO_BULK_BATCH": 1000,
+    # Seconds a due job may wait, with nothing running or finishing in its queue, before the
+    # overview calls the queue stalled (no live worker).
+    "PORTICO_STALL_SECONDS": 30.0,
 }
 
 
