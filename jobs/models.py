@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 
 from portico.ports.job import Job, JobAttempt, JobStatus
 
@@ -146,3 +148,146 @@ class QueueCounter(models.Model):
 
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
+
+
+class ScheduleFire(models.Model):
+    """A fire time of a PORTICO_SCHEDULES entry that has its job.
+
+    The scheduler inserts this row in the same transaction as the job; the unique
+    (schedule, fire_at) pair makes every other scheduler process that tries the same fire
+    time fail on it, so each fire time gets exactly one job however many schedulers run.
+    ``job_id`` is deliberately not a foreign key: pruning deletes finished jobs, and the
+    fire must stay recorded after its job is gone or it could be created again.
+    """
+
+    schedule = models.CharField(max_length=200)
+    # The fire time as a UTC instant (the schedule's own zone only decides which instants).
+    fire_at = models.DateTimeField()
+    # None marks where a new schedule started: its latest past fire time, which gets no job.
+    job_id = models.UUIDField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "portico_schedule_fire"
+        ordering = ["schedule", "-fire_at"]
+        constraints = [
+            # Its index also answers "the latest fire of each schedule" at scheduler start.
+            models.UniqueConstraint(fields=["schedule", "fire_at"], name="portico_schedule_fire_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.schedule} at {self.fire_at.isoformat()} -> {self.job_id or 'start, no job'}"
+
+
+class WebhookIdempotencyKey(models.Model):
+    """An ``Idempotency-Key`` the webhook has seen, and the job and response it produced.
+
+    Created in the same transaction as the job, under a unique key: a repeated or
+    concurrent request with the same key gets this job back, never a second one.
+    """
+
+    key = models.CharField(max_length=200)
+    job_id = models.UUIDField()
+    # Fingerprint of the request's fields, so a key reused for a different request is refused.
+    request_sha256 = models.CharField(max_length=64)
+    # The body of the 201 response, replayed with 200 for a repeat of the request.
+    response = models.JSONField()
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "portico_webhook_idempotency_key"
+        constraints = [
+            models.UniqueConstraint(fields=["key"], name="portico_webhook_key_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} -> {self.job_id}"
+
+
+class AuditEntry(models.Model):
+    """One operator action (requeue, cancel, discard) from the dashboard or the admin.
+
+    Written in the same transaction as the jobs it changed; an action over a filter runs in
+    batches, and each batch adds its counts to the entry in that batch's own transaction,
+    so the entry never claims more than what happened.
+    """
+
+    ACTIONS = [("requeue", "requeue"), ("cancel", "cancel"), ("discard", "discard")]
+    SOURCES = [("dashboard", "dashboard"), ("admin", "admin")]
+    SCOPES = [("jobs", "chosen jobs"), ("filter", "every job matching a filter")]
+
+    at = models.DateTimeField(db_default=Now())
+    # The user may be deleted later; their name stays with what they did.
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL,
+                              related_name="+")
+    actor_name = models.CharField(max_length=150)
+    action = models.CharField(max_length=16, choices=ACTIONS)
+    source = models.CharField(max_length=16, choices=SOURCES)
+    scope = models.CharField(max_length=16, choices=SCOPES)
+    # The jobs asked for by id (scope "jobs"), as strings.
+    job_ids = models.JSONField(default=list, blank=True)
+    # The filter (scope "filter"), with the highest job seq it could reach when it started.
+    filter = models.JSONField(default=dict, blank=True)
+    requested = models.IntegerField(default=0)
+    changed = models.IntegerField(default=0)
+    # Jobs that were asked for but whose state no longer allowed the action, or were gone.
+    refused = models.IntegerField(default=0)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Why a run over a filter stopped early, if it did.
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "portico_audit_entry"
+        verbose_name = "audit entry"
+        verbose_name_plural = "audit entries"
+        ordering = ["-id"]
+        permissions = [("operate_jobs", "Can requeue, cancel and discard jobs")]
+
+    def __str__(self) -> str:
+        return f"{self.actor_name} {self.action} {self.changed} job(s) at {self.at:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def running(self) -> bool:
+        return self.finished_at is None
+
+
+class QueueSample(models.Model):
+    """A queue's lifetime totals at the start of a minute: the overview's last-hour sparklines.
+
+    The dashboard writes the first sample of each minute it is open; the difference between
+    consecutive samples is that minute's throughput, read without touching the job table.
+    """
+
+    queue_name = models.CharField(max_length=200)
+    minute = models.DateTimeField()
+    completed_total = models.BigIntegerField()
+    # Failed runs: retried, dead-lettered and failed (cancellations included).
+    failed_total = models.BigIntegerField()
+
+    class Meta:
+        db_table = "portico_queue_sample"
+        constraints = [
+            models.UniqueConstraint(fields=["minute", "queue_name"], name="portico_queue_sample_once"),
+        ]
+
+
+class FailureDelta(models.Model):
+    """Failed and dead-letter jobs grouped by queue, job type and error fingerprint (PostgreSQL).
+
+    Row triggers append +1 when a job enters one of those statuses and -1 when it leaves, in
+    the same transaction, so the dead-letter page sums a few rows per group instead of
+    reading every failed job; compaction folds them like the queue counters. ``first_seen``
+    and ``last_seen`` span the failures that entered the group since it was last empty.
+    """
+
+    status = models.CharField(max_length=16)
+    queue_name = models.CharField(max_length=200)
+    job_type = models.CharField(max_length=200)
+    fingerprint = models.TextField()
+    delta = models.BigIntegerField()
+    first_seen = models.DateTimeField(null=True)
+    last_seen = models.DateTimeField(null=True)
+
+    class Meta:
+        db_table = "portico_failure_delta"
+        indexes = [models.Index(fields=["status", "queue_name"], name="portico_failure_status")]
