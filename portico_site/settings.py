@@ -67,6 +67,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "jobs.middleware.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "portico_site.urls"
@@ -90,10 +91,12 @@ WSGI_APPLICATION = "portico_site.wsgi.application"
 ASGI_APPLICATION = "portico_site.asgi.application"
 
 
-# Absent DATABASE_URL means the embedded default: one SQLite file beside manage.py.
+# Absent DATABASE_URL means the embedded default: one SQLite file, db.sqlite3 beside
+# manage.py unless PORTICO_SQLITE_PATH names another (the run script's test uses its own).
+_sqlite_path = Path(os.environ.get("PORTICO_SQLITE_PATH") or BASE_DIR / "db.sqlite3").resolve()
 DATABASES = {
     "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        os.environ.get("DATABASE_URL") or f"sqlite:///{_sqlite_path}",
         conn_max_age=60,
         conn_health_checks=True,
     )
@@ -124,8 +127,9 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LOGIN_URL = "/accounts/login/"
-# The admin is the only page behind a login so far.
-LOGIN_REDIRECT_URL = "/admin/"
+# Every dashboard page needs a login; after it, the overview.
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
 
 
 LANGUAGE_CODE = "en-us"
@@ -149,10 +153,41 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "redis://127.0.0.1:63
 CELERY_TASK_IGNORE_RESULT = True
 # Stated explicitly: left unset, Celery 5 warns at every worker start.
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A Celery message is only a doorbell naming a queue; the job row is the truth (see
+# jobs/dispatch.py). Acknowledged once its task has run, handed back if the worker process
+# died, and taken one at a time, so a busy process holds no doorbell an idle one could answer.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Doorbells of queue X go to the Celery queue portico.X; sweep, rescue, prune and counter
+# compaction go to portico.maintenance.
+CELERY_TASK_ROUTES = ("jobs.dispatch.route",)
+# PORTICO_DISPATCH=celery rings a doorbell after each enqueue commits (where Celery workers
+# run the jobs). Unset, nothing is sent: the built-in worker needs nothing, and under Celery
+# beat's sweep still starts the jobs, only later.
+_DISPATCHERS = {"": None, "celery": "jobs.dispatch.ring"}
+_dispatch = os.environ.get("PORTICO_DISPATCH", "").strip().lower()
+if _dispatch not in _DISPATCHERS:
+    raise ImproperlyConfigured(f"PORTICO_DISPATCH must be 'celery' or unset, not {_dispatch!r}")
+PORTICO_DISPATCH = _DISPATCHERS[_dispatch]
+
+
+# PORTICO_DEMO=1 (scripts/run.sh sets it) registers the handlers of the demo jobs that
+# manage.py portico_demo creates, so the built-in worker runs them (jobs/demo.py).
+if _env_flag("PORTICO_DEMO"):
+    PORTICO_HANDLERS = [
+        "jobs.demo.ResizeImage",
+        "jobs.demo.SendEmail",
+        "jobs.demo.GenerateReport",
+        "jobs.demo.ChargePayment",
+        "jobs.demo.DeliverWebhook",
+    ]
 
 
 # Absent token: /metrics is open (for a scraper on a private network).
 PORTICO_METRICS_TOKEN = os.environ.get("PORTICO_METRICS_TOKEN") or None
+# Absent token: POST /webhooks/jobs refuses every request (401).
+PORTICO_WEBHOOK_TOKEN = os.environ.get("PORTICO_WEBHOOK_TOKEN", "").strip() or None
 
 
 _LOG_LEVEL = os.environ.get("DJANGO_LOG_LEVEL", "").strip().upper() or "INFO"
