@@ -215,18 +215,14 @@ def _window_sql(f: JobFilter, statuses: list[str], low: int | None, high: int | 
     if is_postgres():
         # One bounded walk of the (queue, status, seq) index per status, merged: the newest
         # jobs of a queue in any status without reading the queue's history.
-        return (
-            "SELECT j.seq FROM unnest(%s::text[]) AS s(status) CROSS JOIN LATERAL ("
-            f"SELECT seq FROM portico_job WHERE {' AND '.join(conditions)} AND status = s.status "
-            f"ORDER BY seq {order} LIMIT %s) j ORDER BY j.seq {order} LIMIT %s",
-            [statuses, *params, limit, limit],
-        )
+        sql = ("SELECT j.seq FROM unnest(%s::text[]) AS s(status) CROSS JOIN LATERAL ("
+               f"SELECT seq FROM portico_job WHERE {' AND '.join(conditions)} AND status = s.status "
+               f"ORDER BY seq {order} LIMIT %s) j ORDER BY j.seq {order} LIMIT %s")
+        return sql, [statuses, *params, limit, limit]
     marks = ", ".join(["%s"] * len(statuses))
-    return (
-        f"SELECT seq FROM portico_job WHERE {' AND '.join(conditions)} AND status IN ({marks}) "
-        f"ORDER BY seq {order} LIMIT %s",
-        [*params, *statuses, limit],
-    )
+    sql = (f"SELECT seq FROM portico_job WHERE {' AND '.join(conditions)} AND status IN ({marks}) "
+           f"ORDER BY seq {order} LIMIT %s")
+    return sql, [*params, *statuses, limit]
 
 
 def _text_page(f: JobFilter, statuses: list[str], low: int | None, high: int | None,

@@ -269,7 +269,7 @@ def test_a_wrong_password_shows_an_error_on_the_login_page(client: Client) -> No
 
 
 @pytest.mark.django_db
-def test_signing_in_leads_to_the_admin(client: Client, django_user_model: Any) -> None:
+def test_signing_in_leads_to_the_dashboard_overview(client: Client, django_user_model: Any) -> None:
     django_user_model.objects.create_user(username="ops", password="a-long-passphrase")
 
     response = client.post(
@@ -277,7 +277,7 @@ def test_signing_in_leads_to_the_admin(client: Client, django_user_model: Any) -
     )
 
     assert response.status_code == 302
-    assert response["Location"] == "/admin/"
+    assert response["Location"] == "/"
 
 
 @pytest.mark.django_db
