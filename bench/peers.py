@@ -716,7 +716,10 @@ def celery_worker(concurrency: int) -> Iterator[str]:
         "--pool", CELERY_POOL, "--concurrency", str(concurrency),
         "--queues", cb.WARMUP_QUEUE, "--hostname", node, "--loglevel", "WARNING",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": BENCH_DIR, "BENCH_CELERY_BROKER_URL": REDIS_URL}
+    # Raw Celery, not the project: without this, Celery's Django fix-up would load the
+    # project's settings that our own run set up in this process.
+    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
+    env.update({"PYTHONPATH": BENCH_DIR, "BENCH_CELERY_BROKER_URL": REDIS_URL})
     logfile = tempfile.NamedTemporaryFile(
         mode="w+b", prefix="bench-celery-", suffix=".log", delete=False
     )
