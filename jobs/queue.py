@@ -258,15 +258,19 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
             ) from exc
         stored = []
         for job, (payload, metadata) in zip(jobs, encoded, strict=True):
-            stored.append(replace(
-                job,
+            # The stored job as the database now holds it, built without re-running the
+            # checks it just passed (a third of a bulk enqueue's Python time went there).
+            new = object.__new__(Job)
+            new.__dict__.update(
+                job.__dict__,
                 payload=json.loads(payload),
-                metadata=json.loads(metadata),
+                metadata=json.loads(metadata) if job.metadata else {},
                 created_at=created[job.id],
                 status=JobStatus.SCHEDULED if job.scheduled_at else JobStatus.PENDING,
                 scheduled_at=job.scheduled_at.astimezone(UTC) if job.scheduled_at else None,
                 started_at=None, completed_at=None, failed_at=None, error_message=None,
-            ))
+            )
+            stored.append(new)
         transaction.on_commit(self._wake_waiters, using=self.using)
         now = datetime.now(UTC)
         self._dispatch_on_commit(
