@@ -58,15 +58,44 @@ def _walk(value: Any, path: str) -> Iterator[str]:
     yield f"{path} is a {type(value).__name__}, which is not JSON-serializable"
 
 
+def _is_clean(value: Any) -> bool:
+    """The common case, answered fast: exact JSON types, finite floats, no NUL, string keys.
+
+    Anything else (a failure, or a subclass of a JSON type) goes to _walk, which says what
+    is wrong and where; building its paths for every value cost about a quarter of
+    check_job's time (12.1 -> 9.3 us for a small nested payload).
+    """
+    kind = type(value)
+    if kind is str:
+        return "\x00" not in value
+    if kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or "\x00" in key or not _is_clean(item):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        for item in value:
+            if not _is_clean(item):
+                return False
+        return True
+    return False
+
+
 def check_json(value: Any, name: str, max_bytes: int | None = None) -> str:
     """Return value as JSON text, or raise InvalidJobError naming the offending key."""
     if not isinstance(value, dict):
         raise InvalidJobError(f"{name} must be a dict, not {type(value).__name__}")
-    problem = next(_walk(value, name), None)
-    if problem is not None:
-        raise InvalidJobError(problem)
+    if not _is_clean(value):
+        problem = next(_walk(value, name), None)
+        if problem is not None:
+            raise InvalidJobError(problem)
     text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    if max_bytes is not None:
+    # A character is at most 4 bytes of UTF-8: short texts need no encoding to be measured.
+    if max_bytes is not None and len(text) * 4 > max_bytes:
         size = len(text.encode("utf-8"))
         if size > max_bytes:
             raise InvalidJobError(
