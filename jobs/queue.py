@@ -10,7 +10,6 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
@@ -27,7 +26,6 @@ from portico.exceptions import (
     InvalidJobStateError,
     JobNotFoundError,
     PorticoError,
-    StaleClaimError,
 )
 from portico.ports.job import WAITING_STATUSES, Job, JobAttempt, JobStatus, QueueStats
 from portico.ports.job_queue import JobQueueAdapter
@@ -501,12 +499,8 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
         job = self.get_job_sync(job_id)
         if job is None:
             return JobNotFoundError(f"no job has id {job_id}")
-        if lifecycle.stale_claim(job, claim):
-            return StaleClaimError(
-                f"cannot acknowledge job {job_id}: the claim from {claim.started_at} is no "
-                f"longer current (the job is now {job.status.value})"
-            )
         try:
+            lifecycle.check_claim(job, claim, "acknowledge")
             lifecycle.check_running(job, "acknowledge")
         except InvalidJobStateError as exc:
             return exc
@@ -647,13 +641,6 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
             raise JobNotFoundError(f"no job has id {job_id}")
         return found[0]
 
-    def _check_claim(self, job: Job, claim: Job | None, operation: str) -> None:
-        if lifecycle.stale_claim(job, claim):
-            raise StaleClaimError(
-                f"cannot {operation} job {job.id}: the claim from {claim.started_at} is no "
-                f"longer current (the job is now {job.status.value})"
-            )
-
     async def reject(
         self,
         job_id: UUID,
@@ -677,7 +664,7 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
         error = clean_text(error_message)
         with self._writing() as cursor:
             seq, attempt, job = self._one_locked(cursor, job_id)
-            self._check_claim(job, claim, "reject")
+            lifecycle.check_claim(job, claim, "reject")
             lifecycle.check_rejectable(job)
             now = self._now(cursor)
             new = lifecycle.rejected(job, requeue, error, now, delay)
@@ -723,7 +710,7 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
     def release_sync(self, job_id: UUID, *, claim: Job | None = None) -> Job:
         with self._writing() as cursor:
             seq, attempt, job = self._one_locked(cursor, job_id)
-            self._check_claim(job, claim, "release")
+            lifecycle.check_claim(job, claim, "release")
             lifecycle.check_running(job, "release")
             new = lifecycle.released(job)
             self._apply(cursor, self._now(cursor), [(seq, attempt, job, new, "released")])

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from portico.exceptions import InvalidJobStateError
+from portico.exceptions import InvalidJobStateError, StaleClaimError
 from portico.ports.job import WAITING_STATUSES, Job, JobStatus
 
 CANCELLED = "Job cancelled"
@@ -82,3 +82,12 @@ def stale_claim(job: Job, claim: Job | None) -> bool:
     return claim is not None and (
         job.status is not JobStatus.RUNNING or job.started_at != claim.started_at
     )
+
+
+def check_claim(job: Job, claim: Job | None, operation: str) -> None:
+    """Raise StaleClaimError when claim no longer owns job: its outcome must not be recorded."""
+    if stale_claim(job, claim):
+        raise StaleClaimError(
+            f"cannot {operation} job {job.id}: the claim from {claim.started_at} is no "
+            f"longer current (the job is now {job.status.value})"
+        )

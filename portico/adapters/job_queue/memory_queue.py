@@ -13,7 +13,7 @@ from typing import Any
 from uuid import UUID
 
 from portico import lifecycle
-from portico.exceptions import DuplicateJobError, JobNotFoundError, StaleClaimError
+from portico.exceptions import DuplicateJobError, JobNotFoundError
 from portico.ports.job import WAITING_STATUSES, Job, JobAttempt, JobStatus, QueueStats
 from portico.ports.job_queue import JobQueueAdapter
 from portico.validation import DEFAULT_MAX_PAYLOAD_BYTES, check_json, check_job, clean_text
@@ -145,11 +145,7 @@ class MemoryJobQueueAdapter(JobQueueAdapter):
     def _held(self, job_id: UUID, claim: Job | None, operation: str) -> Job:
         """The RUNNING job this claim is on, or the precise error why not."""
         job = self._get(job_id)
-        if lifecycle.stale_claim(job, claim):
-            raise StaleClaimError(
-                f"cannot {operation} job {job_id}: the claim from {claim.started_at} is no "
-                f"longer current (the job is now {job.status.value})"
-            )
+        lifecycle.check_claim(job, claim, operation)
         lifecycle.check_running(job, operation)
         return job
 
