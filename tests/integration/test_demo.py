@@ -17,7 +17,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from jobs.models import JobRecord
 from jobs.queue import DatabaseJobQueueAdapter
 from portico.ports.job import Job, JobStatus
 from tests.conftest import PROJECT_ROOT
+from tests.support.waiting import wait_for
 
 STATES = [status.value for status in JobStatus]
 db = pytest.mark.django_db(transaction=True)
@@ -320,17 +320,6 @@ def session_members(sid: int) -> list[str]:
         if int(fields[3]) == sid and fields[0] != "Z":
             members.append(f"{stat.parent.name} {cmdline.strip()}")
     return members
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class RunScript:

@@ -21,6 +21,7 @@ from jobs.queue import DatabaseJobQueueAdapter
 from portico.ports.job import Job, JobStatus
 from tests.conftest import PROJECT_ROOT
 from tests.support.handlers import EXECUTIONS_TABLE
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -63,18 +64,6 @@ class WorkerProcess:
             self.process.kill()
         self.process.wait(timeout=10)
         self._log.close()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll predicate until it returns something true, failing after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def child_environment(**extra: str) -> dict[str, str]:
