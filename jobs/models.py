@@ -291,3 +291,31 @@ class FailureDelta(models.Model):
     class Meta:
         db_table = "portico_failure_delta"
         indexes = [models.Index(fields=["status", "queue_name"], name="portico_failure_status")]
+
+
+class WorkerRecord(models.Model):
+    """A process that runs jobs (``portico_worker`` or a Celery worker), as last heard from.
+
+    Each worker upserts its row at start and on every heartbeat, and deletes it when it
+    stops; a worker is live while its last heartbeat is younger than a lease
+    (``PORTICO_LEASE_SECONDS``). /metrics counts the live ones per queue
+    (``portico_workers``); the hostname and pid stay here, never in a metric label.
+    """
+
+    # "<hostname>:<pid>:<random>", unique per process start.
+    worker_id = models.CharField(max_length=64, primary_key=True)
+    kind = models.CharField(max_length=16)  # "builtin" or "celery"
+    hostname = models.CharField(max_length=255)
+    pid = models.IntegerField()
+    # The Portico queues it claims from.
+    queues = models.JSONField(default=list)
+    started_at = models.DateTimeField(db_default=Now())
+    last_seen_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "portico_worker"
+        ordering = ["-last_seen_at"]
+        verbose_name = "worker"
+
+    def __str__(self) -> str:
+        return f"{self.kind} worker {self.worker_id}"

@@ -819,6 +819,7 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
                     cursor.execute(f"DELETE FROM portico_job WHERE seq IN ({marks})", seqs)
             deleted += len(seqs)
             if len(seqs) < batch:
+                self.forget_dead_workers_sync()
                 return deleted
 
     async def prune(self, older_than: timedelta | None = None) -> int:
@@ -914,18 +915,38 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
 
     def _stats(self, only: list[str] | None) -> list[QueueStats]:
         """Counts from the counter table and latency from the due index: never a table count."""
+        counters = self.counters_sync(only)
+        names = only or sorted(counters)
+        latency = self.oldest_due_ages_sync(names)
+        return [self._queue_stats(name, counters.get(name, {}), latency.get(name, 0.0)) for name in names]
+
+    def counters_sync(self, only: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+        """queue -> {counter name: value}: every maintained count, total and histogram count.
+
+        One statement, so one snapshot: a scrape never sees a job's claim counted in one
+        family and not yet in another. Names: the seven statuses, ``<event>_total``, and the
+        histogram buckets written by migration 0006 (``duration:<i>``, ``wait:sum_us``, ...).
+        """
         self._compact_if_due()
-        where, params = ("WHERE queue_name = %s", only) if only else ("", [])
+        where, params = ("WHERE queue_name IN (" + ", ".join(["%s"] * len(only)) + ")", list(only)) \
+            if only else ("", [])
+        # One row per queue, its counters as a JSON object: a hundred queues' six thousand
+        # counters cross the wire and become dicts in C, not row by row in Python.
+        aggregate = "json_object_agg" if self.is_postgres else "json_group_object"
         with self.connection.cursor() as cursor:
             cursor.execute(
-                f"SELECT queue_name, name, SUM(value) FROM portico_queue_counter {where} "
-                "GROUP BY queue_name, name", params)
-            counters: dict[str, dict[str, int]] = {}
-            for queue, name, value in cursor.fetchall():
-                counters.setdefault(queue, {})[name] = int(value)
-            names = only or sorted(counters)
-            latency = self._latency(cursor, names)
-        return [self._queue_stats(name, counters.get(name, {}), latency.get(name, 0.0)) for name in names]
+                f"SELECT queue_name, {aggregate}(name, total) FROM (SELECT queue_name, name, SUM(value) AS total "
+                f"FROM portico_queue_counter {where} GROUP BY queue_name, name) AS t GROUP BY queue_name", params)
+            return {queue: json.loads(values) if isinstance(values, str) else values
+                    for queue, values in cursor.fetchall()}
+
+    def oldest_due_ages_sync(self, names: Sequence[str]) -> dict[str, float]:
+        """queue -> seconds since its oldest due waiting job became due (queues with none left out).
+
+        One probe of the due index per queue, whatever the table holds.
+        """
+        with self.connection.cursor() as cursor:
+            return self._latency(cursor, list(names))
 
     def _latency(self, cursor, names: list[str]) -> dict[str, float]:
         if not names:
@@ -982,8 +1003,14 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
                 cursor.execute("SELECT pg_try_advisory_xact_lock(hashtext('portico_queue_counter'))")
                 if not cursor.fetchone()[0]:
                     return
+                # Only the (queue, name) pairs that gained delta rows are rewritten: the
+                # folded rows of quiet queues and unused histogram buckets stay untouched.
                 cursor.execute(
-                    "WITH gone AS (DELETE FROM portico_queue_counter RETURNING queue_name, name, value) "
+                    "WITH multi AS (SELECT queue_name, name FROM portico_queue_counter "
+                    "               GROUP BY queue_name, name HAVING COUNT(*) > 1), "
+                    "gone AS (DELETE FROM portico_queue_counter c USING multi m "
+                    "         WHERE c.queue_name = m.queue_name AND c.name = m.name "
+                    "         RETURNING c.queue_name, c.name, c.value) "
                     "INSERT INTO portico_queue_counter (queue_name, name, value) "
                     "SELECT queue_name, name, SUM(value) FROM gone GROUP BY queue_name, name"
                 )
@@ -1030,6 +1057,53 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
                     "INSERT INTO portico_queue_counter (queue_name, name, value) VALUES (%s, %s, %s)",
                     [queue, status, actual - kept])
         return drift
+
+    # -- workers -------------------------------------------------------------------------
+
+    def worker_seen_sync(self, worker_id: str, kind: str, queues: Sequence[str],
+                         hostname: str, pid: int) -> None:
+        """Record that a worker process is alive and which queues it serves (its heartbeat)."""
+        now = "now()" if self.is_postgres else "%s"
+        stamp = [] if self.is_postgres else [self._param_time(datetime.now(UTC))]
+        with self._writing() as cursor:
+            cursor.execute(
+                "INSERT INTO portico_worker (worker_id, kind, hostname, pid, queues, started_at, last_seen_at) "
+                f"VALUES (%s, %s, %s, %s, %s, {now}, {now}) ON CONFLICT (worker_id) DO UPDATE "
+                "SET last_seen_at = excluded.last_seen_at, queues = excluded.queues",
+                [worker_id, kind, hostname[:255], pid, json.dumps(sorted(set(queues)))] + stamp * 2,
+            )
+            # A queue a worker serves is a known queue from then on, jobs or not: its series
+            # and its dashboard row must not vanish when the worker stops.
+            for name in sorted(set(queues)):
+                cursor.execute(
+                    "INSERT INTO portico_queue_counter (queue_name, name, value) SELECT %s, 'enqueued_total', 0 "
+                    "WHERE NOT EXISTS (SELECT 1 FROM portico_queue_counter WHERE queue_name = %s)", [name, name])
+
+    def worker_gone_sync(self, worker_id: str) -> None:
+        """A worker that stops says so, rather than waiting a lease to be counted dead."""
+        with self._writing() as cursor:
+            cursor.execute("DELETE FROM portico_worker WHERE worker_id = %s", [worker_id])
+
+    def live_workers_sync(self) -> dict[str, int]:
+        """queue -> worker processes heard from within a lease that serve it."""
+        with self.connection.cursor() as cursor:
+            now = self._now(cursor)
+            cursor.execute(
+                "SELECT queues FROM portico_worker WHERE last_seen_at >= %s",
+                [self._param_time(now - timedelta(seconds=self.lease_seconds))])
+            rows = cursor.fetchall()
+        live: dict[str, int] = {}
+        for (queues,) in rows:
+            for name in json.loads(queues) if isinstance(queues, str) else queues:
+                live[name] = live.get(name, 0) + 1
+        return live
+
+    def forget_dead_workers_sync(self, older_than: timedelta = timedelta(days=1)) -> int:
+        """Delete the rows of workers not heard from for ``older_than`` (killed, never said goodbye)."""
+        with self._writing() as cursor:
+            cutoff = self._now(cursor) - older_than
+            cursor.execute("DELETE FROM portico_worker WHERE last_seen_at < %s", [self._param_time(cutoff)])
+            return cursor.rowcount
 
     # -- waking --------------------------------------------------------------------------
 

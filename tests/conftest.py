@@ -20,7 +20,7 @@ def empty_job_store() -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        for table in ("portico_job_attempt", "portico_job", "portico_queue_counter"):
+        for table in ("portico_job_attempt", "portico_job", "portico_queue_counter", "portico_worker"):
             cursor.execute(f"DELETE FROM {table}")
 
 
