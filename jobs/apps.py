@@ -9,3 +9,6 @@ class JobsConfig(AppConfig):
     name = "jobs"
     verbose_name = "Portico jobs"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from jobs import checks  # noqa: F401 - registers the system checks

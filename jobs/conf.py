@@ -31,6 +31,8 @@ DEFAULTS: dict[str, Any] = {
     # the seconds between its checks for due fire times.
     "PORTICO_SCHEDULES": [],
     "PORTICO_SCHEDULER_INTERVAL": 1.0,
+    # A bearer token GET /metrics requires (None: open; manage.py check --deploy warns).
+    "PORTICO_METRICS_TOKEN": None,
     # The webhook (POST /webhooks/jobs): its bearer token (None refuses every request), the
     # job types it may create (none unless listed), and the largest body it reads, in bytes.
     "PORTICO_WEBHOOK_TOKEN": None,

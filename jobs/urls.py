@@ -5,6 +5,7 @@ from uuid import UUID
 
 from django.urls import path, register_converter
 
+from jobs.metrics import metrics_view
 from jobs.views import actions, pages, webhooks
 
 
@@ -26,6 +27,8 @@ app_name = "jobs"
 
 urlpatterns = [
     path("webhooks/jobs", webhooks.create_job, name="webhook-create-job"),
+    # Prometheus (bearer token PORTICO_METRICS_TOKEN when set).
+    path("metrics", metrics_view, name="metrics"),
     # Pages (GET).
     path("", pages.overview, name="overview"),
     path("queues/<path:name>/", pages.queue_detail, name="queue"),

@@ -165,9 +165,10 @@ OPERATOR_PAGES = {"bulk-preview": "/dead-letter/bulk/preview/?action=requeue&sta
 # -- access -----------------------------------------------------------------------------------
 
 
-def test_every_url_of_the_app_is_in_the_access_tests_except_the_token_protected_webhook(world):
+def test_every_url_of_the_app_is_in_the_access_tests_except_the_token_protected_ones(world):
+    """The webhook and /metrics answer machines by bearer token (tests/integration/test_webhook.py, test_metrics.py)."""
     names = {p.name for p in urlpatterns if isinstance(p, URLPattern)}
-    covered = set(pages(world)) | set(actions(world)) | set(OPERATOR_PAGES) | {"webhook-create-job"}
+    covered = set(pages(world)) | set(actions(world)) | set(OPERATOR_PAGES) | {"webhook-create-job", "metrics"}
     assert names == covered
 
 
