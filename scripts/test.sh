@@ -22,6 +22,17 @@ else
     fi
 fi
 
+# promtool checks and unit-tests the alert rules in deploy/prometheus.
+if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
+    echo "==> promtool present: $(command -v promtool)"
+else
+    echo "==> installing Debian's prometheus for promtool (the alert rule tests)"
+    if ! (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus); then
+        echo "error: could not install prometheus with apt-get (run as root)" >&2
+        exit 1
+    fi
+fi
+
 # Fixed on purpose: the suite must not pick up a developer's own database or key.
 # pytest-django creates (and drops) test_portico on this server.
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/portico"
@@ -47,13 +58,13 @@ if [[ "$status" -eq 5 ]]; then
 fi
 [[ "$status" -eq 0 ]] || exit "$status"
 
-# The embedded default stores jobs in SQLite: the database adapter's contract and store
-# tests run again there. Skipped only when the caller picked tests of their own.
+# The embedded default stores jobs in SQLite: the database adapter's contract, store and
+# metrics tests run again there. Skipped only when the caller picked tests of their own.
 if [[ $# -eq 0 ]]; then
     echo "==> the database adapter again, on the embedded SQLite default"
     env -u DATABASE_URL .venv/bin/python -m pytest -p no:cacheprovider \
-        tests/contract tests/integration/test_database_store.py \
-        -m "not postgres" -k "sqlite or test_database_store" || status=$?
+        tests/contract tests/integration/test_database_store.py tests/integration/test_metrics.py \
+        -m "not postgres" -k "sqlite or test_database_store or test_metrics" || status=$?
     if [[ "$status" -eq 5 ]]; then
         echo "error: the SQLite pass ran no tests" >&2
         exit 1
