@@ -84,10 +84,11 @@ class QueueRow:
     latency: str
     spark: display.Sparkline
     badges: list[display.Badge] = field(default_factory=list)
+    workers: int = 0
 
 
 def _row(stats: QueueStats, samples: list[tuple[datetime, int, int]], now: datetime,
-         url: str, badges: list[display.Badge]) -> QueueRow:
+         url: str, badges: list[display.Badge], workers: int = 0) -> QueueRow:
     done, failed = display.per_minute(samples, (stats.completed_total, rollups.failed_total(stats)), now)
     return QueueRow(
         name=stats.queue_name,
@@ -100,6 +101,7 @@ def _row(stats: QueueStats, samples: list[tuple[datetime, int, int]], now: datet
         latency=display.duration(stats.latency_seconds) if stats.latency_seconds else "—",
         spark=display.Sparkline(done, failed),
         badges=badges,
+        workers=workers,
     )
 
 
@@ -129,22 +131,26 @@ def _sum_samples(samples: dict[str, list[tuple[datetime, int, int]]]) -> list[tu
 @require_GET
 @viewer_required
 def overview(request: HttpRequest) -> HttpResponse:
-    """Every queue's seven counts, failure rate, latency, last hour and health; polled every 2 s."""
+    """Every queue's seven counts, live workers, failure rate, latency, last hour and health; polled every 2 s."""
     now = timezone.now()
-    all_stats = job_queue().get_all_queue_stats_sync()
+    store = job_queue()
+    all_stats = store.get_all_queue_stats_sync()
+    live = store.live_workers_sync()
     rollups.record_samples(all_stats, now)
     samples = queries.samples_since(queries.recent_cutoff(now, 61))
     rows = []
     for stats in all_stats:
         own = samples.get(stats.queue_name, [])
-        badges = display.health(stats, worker_seen=display.worker_seen(own, stats, now))
-        rows.append(_row(stats, own, now, queue_url(stats.queue_name), badges))
+        workers = live.get(stats.queue_name, 0)
+        seen = workers > 0 or display.worker_seen(own, stats, now)
+        badges = display.health(stats, worker_seen=seen)
+        rows.append(_row(stats, own, now, queue_url(stats.queue_name), badges, workers))
     context = {
         "section": "overview",
         "rows": rows,
         "totals": _row(_total(all_stats), _sum_samples(samples), now, "", []) if all_stats else None,
         "statuses": display.STATUS_ORDER,
-        "columns": len(display.STATUS_ORDER) + 5,
+        "columns": len(display.STATUS_ORDER) + 6,
         "now": now,
     }
     template = "jobs/overview.html#queue-table" if request.htmx else "jobs/overview.html"

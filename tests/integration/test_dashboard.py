@@ -370,6 +370,31 @@ def test_the_overview_shows_the_seven_counts_of_each_queue_and_a_totals_row(make
     assert "50.0%" in html  # mail: (1 failed + 1 dead) / 4 processed
 
 
+def test_the_overview_shows_live_workers_and_a_heartbeat_clears_the_no_worker_alarm(make_job, viewer):
+    from django.utils import timezone
+
+    from jobs.models import WorkerRecord
+
+    WorkerRecord.objects.all().delete()
+    make_job("pending", queue_name="idle-q")
+    JobRecord.objects.filter(queue_name="idle-q").update(run_at=timezone.now() - timedelta(minutes=5))
+
+    def row(queue_name: str) -> str:
+        html = viewer.get("/").content.decode()
+        return re.search(rf'<tr [^>]*data-queue="{queue_name}">(.*?)</tr>', html, re.DOTALL).group(1)
+
+    assert re.search(r'class="num workers">0<', row("idle-q"))
+    assert "no active worker" in row("idle-q")
+    store = DatabaseJobQueueAdapter()
+    store.worker_seen_sync("host:1:x", "builtin", ["idle-q"], "host", 1)
+    store.worker_seen_sync("host:2:y", "celery", ["idle-q", "other"], "host", 2)
+    assert re.search(r'class="num workers">2<', row("idle-q"))
+    assert "no active worker" not in row("idle-q")
+    # A worker's queue is listed even before its first job.
+    assert re.search(r'class="num workers">1<', row("other"))
+    WorkerRecord.objects.all().delete()
+
+
 def test_the_overview_and_its_live_partial_never_count_the_job_table(make_job, viewer):
     for status in ("completed", "failed", "dead_letter"):
         make_job(status, queue_name="q1")
