@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,9 @@ DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_NAME_LENGTH = 200
 # Priorities are stored in a 32-bit column.
 MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1
+# json.dumps builds a new encoder for every call that passes options; this one is reused.
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+_CONTROL = re.compile(r"[\x00\r\n\t]")
 
 
 def check_aware(value: datetime | None, name: str) -> None:
@@ -89,11 +93,14 @@ def check_json(value: Any, name: str, max_bytes: int | None = None) -> str:
     """Return value as JSON text, or raise InvalidJobError naming the offending key."""
     if not isinstance(value, dict):
         raise InvalidJobError(f"{name} must be a dict, not {type(value).__name__}")
-    if not _is_clean(value):
-        problem = next(_walk(value, name), None)
-        if problem is not None:
-            raise InvalidJobError(problem)
-    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    if not value:
+        text = "{}"
+    else:
+        if not _is_clean(value):
+            problem = next(_walk(value, name), None)
+            if problem is not None:
+                raise InvalidJobError(problem)
+        text = _encode(value)
     # A character is at most 4 bytes of UTF-8: short texts need no encoding to be measured.
     if max_bytes is not None and len(text) * 4 > max_bytes:
         size = len(text.encode("utf-8"))
@@ -110,7 +117,7 @@ def _check_name(value: Any, name: str) -> None:
         raise InvalidJobError(f"{name} must be a non-empty string")
     if len(value) > MAX_NAME_LENGTH:
         raise InvalidJobError(f"{name} is longer than {MAX_NAME_LENGTH} characters")
-    if "\x00" in value or any(ch in value for ch in "\r\n\t"):
+    if _CONTROL.search(value):
         raise InvalidJobError(f"{name} contains control characters")
 
 
@@ -127,13 +134,20 @@ def check_job(job: Job, max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTE
         raise InvalidJobError(f"id must be a UUID, not {type(job.id).__name__}")
     _check_name(job.queue_name, "queue_name")
     _check_name(job.job_type, "job_type")
-    _check_int(job.priority, "priority", MIN_PRIORITY, MAX_PRIORITY)
-    _check_int(job.max_retries, "max_retries", 0, 1000)
-    _check_int(job.retry_count, "retry_count", 0, 1000)
+    # Plain ints in range pass without a call each; anything else gets the full check.
+    priority, max_retries, retry_count = job.priority, job.max_retries, job.retry_count
+    if type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        _check_int(priority, "priority", MIN_PRIORITY, MAX_PRIORITY)
+    if type(max_retries) is not int or not 0 <= max_retries <= 1000:
+        _check_int(max_retries, "max_retries", 0, 1000)
+    if type(retry_count) is not int or not 0 <= retry_count <= 1000:
+        _check_int(retry_count, "retry_count", 0, 1000)
     if job.created_by is not None and not isinstance(job.created_by, UUID):
         raise InvalidJobError(f"created_by must be a UUID, not {type(job.created_by).__name__}")
     for name in ("scheduled_at", "started_at", "completed_at", "failed_at", "created_at"):
-        check_aware(getattr(job, name), name)
+        value = getattr(job, name)
+        if value is not None:
+            check_aware(value, name)
     if job.status not in (JobStatus.PENDING, JobStatus.SCHEDULED):
         raise InvalidJobError(
             f"a new job must be pending or scheduled, not {job.status.value}"
