@@ -54,6 +54,14 @@ def celery_queue(queue_name: str) -> str:
     return f"portico.{queue_name}"
 
 
+def portico_queue(celery_queue_name: str) -> str | None:
+    """The Portico queue a Celery queue runs; None for the maintenance queue and foreign ones."""
+    prefix = celery_queue("")
+    if celery_queue_name == MAINTENANCE_QUEUE or not celery_queue_name.startswith(prefix):
+        return None
+    return celery_queue_name[len(prefix):] or None
+
+
 def route(name: str, args: Sequence[Any], kwargs: dict[str, Any], options: dict[str, Any],
           task: Any = None, **_: Any) -> dict[str, str] | None:
     """Celery router: a doorbell goes to its queue's Celery queue, upkeep to the maintenance queue."""

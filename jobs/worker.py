@@ -16,6 +16,7 @@ from typing import Any
 from django.db import DatabaseError, connections
 
 from jobs.conf import setting
+from jobs.presence import WorkerPresence
 from jobs.queue import DatabaseJobQueueAdapter
 from jobs.registry import get_handlers
 from jobs.services import retry_policy
@@ -27,6 +28,11 @@ log = logging.getLogger("portico.worker")
 # How long the process waits, once stopped, for handler threads to end before it leaves
 # without them (a synchronous handler cannot be interrupted; its job is already released).
 THREAD_EXIT_WAIT = 1.0
+# The exit status of a worker that gave up on the job store: its heartbeats failed for a
+# whole lease. A supervisor restarting it gets a process with new connections.
+EXIT_UNHEALTHY = 3
+# How long such a worker tries to stop cleanly (its store may hang) before it leaves anyway.
+UNHEALTHY_EXIT_WAIT = 10.0
 
 
 class Worker:
@@ -35,7 +41,11 @@ class Worker:
     The first signal stops claiming, gives the jobs in flight ``PORTICO_GRACE_PERIOD``
     seconds and releases the rest; a second signal exits at once, and the leases of the
     jobs it abandons bring them back. Rescue, pruning and counter compaction run on timers,
-    each under a PostgreSQL advisory lock so that one process at a time does it.
+    each under a PostgreSQL advisory lock so that one process at a time does it. The
+    process keeps its row in ``portico_worker`` fresh (WorkerPresence) while it runs.
+
+    If heartbeats fail for a whole lease (the database is gone, or unreachable), its claims
+    are lost: it stops at once and exits with status 3 (``EXIT_UNHEALTHY``).
     """
 
     def __init__(
@@ -68,11 +78,17 @@ class Worker:
             ("prune", float(setting("PORTICO_PRUNE_INTERVAL")), self._prune),
             ("compact", float(setting("PORTICO_COMPACT_INTERVAL")), self.job_queue.compact_counters_sync),
         ]
+        self.presence = WorkerPresence("builtin", self.queues, job_queue=self.job_queue,
+                                       interval=float(setting("PORTICO_HEARTBEAT_SECONDS")))
+        self.exit_status = 0
         self._stop: asyncio.Event | None = None
         self._signals = 0
 
-    def run(self) -> None:
-        """Work until signalled, then return (exit status 0); a second signal exits at once."""
+    def run(self) -> int:
+        """Work until signalled (return 0) or until the job store is lost (return 3).
+
+        A second signal exits at once.
+        """
         loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(self._main())
@@ -81,7 +97,8 @@ class Worker:
             # Not shutdown_default_executor(): it would wait for a synchronous handler that
             # outlived the grace period, and whose job is already back in its queue.
             loop.close()
-        _leave_lingering_threads_behind()
+        _leave_lingering_threads_behind(self.exit_status)
+        return self.exit_status
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -97,27 +114,56 @@ class Worker:
         try:
             await self.job_queue.initialize()
             await self.manager.start()
+            self.presence.start()
             log.info(
                 "portico_worker started: pid=%d queues=%s concurrency=%d batch=%d handlers=%s",
                 os.getpid(), ",".join(self.queues), self.manager.concurrency,
                 self.manager.batch_size, ",".join(sorted(self.handlers)) or "(none)",
             )
-            await self._stop.wait()
-            log.info(
-                "portico_worker stopping: no new claims; %d job(s) in flight get up to %gs to finish",
-                len(self.manager.in_flight), self.grace_period,
-            )
-            await self.manager.stop()
+            signalled = asyncio.ensure_future(self._stop.wait())
+            unhealthy = asyncio.ensure_future(self.manager.wait_unhealthy())
+            await asyncio.wait({signalled, unhealthy}, return_when=asyncio.FIRST_COMPLETED)
+            signalled.cancel()
+            unhealthy.cancel()
+            if self.manager.healthy:
+                log.info(
+                    "portico_worker stopping: no new claims; %d job(s) in flight get up to %gs to finish",
+                    len(self.manager.in_flight), self.grace_period,
+                )
+                await self.manager.stop()
+            else:
+                await self._give_up(await self.manager.wait_unhealthy())
         finally:
             for timer in timers:
                 timer.cancel()
             await asyncio.gather(*timers, return_exceptions=True)
+            await loop.run_in_executor(maintenance_pool, self.presence.stop)
             await loop.run_in_executor(maintenance_pool, self._close_connection)
             maintenance_pool.shutdown(wait=True)
             await self.job_queue.close()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
-        log.info("portico_worker stopped: pid=%d", os.getpid())
+        if self.exit_status:
+            log.error("portico_worker stopped: pid=%d exit status %d", os.getpid(), self.exit_status)
+        else:
+            log.info("portico_worker stopped: pid=%d", os.getpid())
+
+    async def _give_up(self, reason: str) -> None:
+        """The job store is lost: stop now, releasing what can be released, and exit with 3.
+
+        No grace period: the leases of the jobs in flight have run out, so another worker
+        may be running them already, and their outcomes would be refused.
+        """
+        self.exit_status = EXIT_UNHEALTHY
+        log.error(
+            "portico_worker giving up, exit status %d: %s; stopping %d job(s) in flight now, "
+            "their rescue will run them again", EXIT_UNHEALTHY, reason, len(self.manager.in_flight),
+        )
+        # Stopping talks to the store, which may not answer: leave regardless after a while.
+        watchdog = threading.Timer(UNHEALTHY_EXIT_WAIT, _exit_now, [EXIT_UNHEALTHY])
+        watchdog.daemon = True
+        watchdog.start()
+        await self.manager.stop(grace_period=0)
 
     def _signalled(self, signum: int) -> None:
         name = signal.Signals(signum).name
@@ -193,8 +239,15 @@ def _flush_output() -> None:
             stream.flush()
 
 
-def _leave_lingering_threads_behind() -> None:
-    """Exit now if a handler thread is still running after the stop.
+def _exit_now(status: int) -> None:
+    log.error("portico_worker: could not stop within %gs; exiting with status %d at once",
+              UNHEALTHY_EXIT_WAIT, status)
+    _flush_output()
+    os._exit(status)
+
+
+def _leave_lingering_threads_behind(status: int = 0) -> None:
+    """Exit now, with ``status``, if a handler thread is still running after the stop.
 
     Only a synchronous handler that outlived the grace period can be one: its job is back in
     its queue, so the process must not stay to finish it (the interpreter would wait for it).
@@ -208,4 +261,4 @@ def _leave_lingering_threads_behind() -> None:
         log.warning("portico_worker: leaving %d handler thread(s) still running: %s",
                     len(lingering), ", ".join(lingering))
         _flush_output()
-        os._exit(0)
+        os._exit(status)

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 class CountingStatements(DatabaseJobQueueAdapter):
-    """The adapter, counting the batched acknowledgement writes and their sizes."""
+    """The adapter, counting the batched acknowledgement writes (on a thread or on the event
+    loop's own connection) and their sizes."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -32,6 +33,10 @@ class CountingStatements(DatabaseJobQueueAdapter):
     def _acknowledge_each_sync(self, items):
         self.batches.append(len(items))
         return super()._acknowledge_each_sync(items)
+
+    async def _acknowledge_each_on_loop(self, loop, items):  # PostgreSQL, claimed jobs
+        self.batches.append(len(items))
+        return await super()._acknowledge_each_on_loop(loop, items)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from portico.adapters.job_queue.memory_queue import MemoryJobQueueAdapter
 from portico.exceptions import StaleClaimError
 from portico.kits.job import JobExecutor, RetryPolicy, WorkerManager
+from portico.kits.job.worker import LeasesLostError
 from portico.ports.job import Job, JobResult, JobStatus
 from portico.ports.job_handler import JobHandler
 
@@ -1059,3 +1060,163 @@ async def test_a_batch_worker_keeps_filling_a_free_slot_while_long_jobs_hold_the
         assert (await queue.get_job(job.id)).status is JobStatus.RUNNING
     release.set()
     await eventually(all_finished(queue, 13))
+
+
+# -- a store that stops answering -----------------------------------------------------------
+
+
+class FlakyStore(MemoryJobQueueAdapter):
+    """The memory adapter with an outage on demand: heartbeats that fail or hang, claims that fail."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.failing_heartbeats = 0  # the next this many heartbeats raise
+        self.hanging = False  # heartbeats never answer
+        self.down = False  # claims raise (heartbeats too)
+        self.heartbeats: list[bool] = []  # each heartbeat asked, and whether it succeeded
+        self.claims = 0
+
+    async def heartbeat(self, claims: Any) -> list[UUID]:
+        if self.hanging:
+            await asyncio.Event().wait()
+        if self.down or self.failing_heartbeats:
+            self.failing_heartbeats = max(0, self.failing_heartbeats - 1)
+            self.heartbeats.append(False)
+            raise ConnectionError("the store is down")
+        self.heartbeats.append(True)
+        return await super().heartbeat(claims)
+
+    async def dequeue(self, queue_name: Any, timeout: float = 30) -> Job | None:
+        self._claim_attempt()
+        return await super().dequeue(queue_name, timeout)
+
+    async def dequeue_many(self, queue_name: Any, limit: int) -> list[Job]:
+        self._claim_attempt()
+        return await super().dequeue_many(queue_name, limit)
+
+    def _claim_attempt(self) -> None:
+        self.claims += 1
+        if self.down:
+            raise ConnectionError("the store is down")
+
+
+def held_until(gate: asyncio.Event) -> Handle:
+    async def handle(job: Job) -> JobResult:
+        await gate.wait()
+        return JobResult(success=True)
+
+    return handle
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+async def test_a_worker_whose_heartbeats_fail_for_a_whole_lease_stops_claiming_and_reports_it(
+    start_worker, eventually, caplog, batch_size
+) -> None:
+    store = FlakyStore(lease_seconds=0.3)
+    gate = asyncio.Event()
+    manager = await start_worker([FnHandler("held", held_until(gate))], job_queue=store,
+                                 concurrency=2, batch_size=batch_size, heartbeat_interval=0.05)
+    first = await store.enqueue(new_job("held"))
+    await eventually(in_status(store, first.id, JobStatus.RUNNING))
+    await eventually(lambda: True in store.heartbeats)
+    assert manager.healthy
+
+    store.failing_heartbeats = 10**6  # the claims still work: only the leases cannot be kept
+    began = time.monotonic()
+    reason = await asyncio.wait_for(manager.wait_unhealthy(), timeout=3)
+
+    assert 0.3 - 0.1 <= time.monotonic() - began < 1.5  # a lease after the last good heartbeat
+    assert not manager.healthy and not manager.is_running
+    assert "heartbeat(s) in a row failed" in reason
+    assert "(last error: ConnectionError: the store is down)" in reason
+    assert any(r.levelno == logging.ERROR and "worker unhealthy" in r.getMessage() for r in caplog.records)
+    # A slot is free and a job is due, but nothing more is claimed.
+    later = await store.enqueue(new_job("held"))
+    gate.set()
+    await eventually(in_status(store, first.id, JobStatus.COMPLETED))
+    await asyncio.sleep(0.3)
+    assert (await store.get_job(later.id)).status is JobStatus.PENDING
+
+
+async def test_heartbeats_that_fail_now_and_then_between_good_ones_keep_the_worker_working(
+    start_worker, eventually, caplog
+) -> None:
+    store = FlakyStore(lease_seconds=0.5)
+    gate = asyncio.Event()
+    manager = await start_worker([FnHandler("held", held_until(gate))], job_queue=store,
+                                 concurrency=2, heartbeat_interval=0.05)
+    job = await store.enqueue(new_job("held"))
+    await eventually(in_status(store, job.id, JobStatus.RUNNING))
+
+    # Two failures in a row, then a good one, again and again for three leases' time.
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        store.failing_heartbeats = 2
+        await eventually(lambda: store.failing_heartbeats == 0 and store.heartbeats[-1])
+
+    assert manager.healthy and manager.is_running
+    assert store.heartbeats.count(False) >= 10
+    assert await store.rescue() == []  # the lease held throughout
+    gate.set()
+    done = await eventually(in_status(store, job.id, JobStatus.COMPLETED))
+    assert done.retry_count == 0
+    after = await store.enqueue(new_job("held"))
+    await eventually(in_status(store, after.id, JobStatus.COMPLETED))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("heartbeat failed (ConnectionError: the store is down)" in m for m in messages)
+    assert any("heartbeats work again after 2 failure(s)" in m for m in messages)
+
+
+async def test_a_heartbeat_that_never_answers_makes_the_worker_unhealthy_after_a_lease(
+    start_worker, eventually
+) -> None:
+    store = FlakyStore(lease_seconds=0.3)
+    gate = asyncio.Event()
+    manager = await start_worker([FnHandler("held", held_until(gate))], job_queue=store,
+                                 heartbeat_interval=0.05)
+    job = await store.enqueue(new_job("held"))
+    await eventually(in_status(store, job.id, JobStatus.RUNNING))
+
+    store.hanging = True
+    reason = await asyncio.wait_for(manager.wait_unhealthy(), timeout=3)
+    assert "last error: no answer" in reason
+    gate.set()
+
+
+async def test_run_stops_at_once_and_raises_when_the_worker_becomes_unhealthy(eventually) -> None:
+    store = FlakyStore(lease_seconds=0.3)
+    manager = WorkerManager(store, [FnHandler("held", held_until(asyncio.Event()))],
+                            heartbeat_interval=0.05, poll_timeout=0.1, grace_period=30)
+    job = await store.enqueue(new_job("held", max_retries=3))
+    running = asyncio.create_task(manager.run())
+    await eventually(in_status(store, job.id, JobStatus.RUNNING))
+
+    store.failing_heartbeats = 10**6
+    with pytest.raises(LeasesLostError, match="in a row failed"):
+        await asyncio.wait_for(running, timeout=3)  # no 30 s grace period for lost claims
+    # The job was given back unrun (the store still took writes); nothing is left running.
+    back = await store.get_job(job.id)
+    assert back.status is JobStatus.PENDING and back.retry_count == 0
+    assert [a.outcome for a in await store.get_job_attempts(job.id)] == ["released"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+async def test_an_idle_worker_rides_out_a_store_outage_longer_than_a_lease_backing_off_its_claims(
+    start_worker, eventually, caplog, batch_size
+) -> None:
+    store = FlakyStore(lease_seconds=0.2)
+    manager = await start_worker([FnHandler("quick", succeed())], job_queue=store, concurrency=2,
+                                 batch_size=batch_size, heartbeat_interval=0.05, poll_timeout=0.1)
+    store.down = True
+    before = store.claims
+    await asyncio.sleep(0.8)  # four leases
+
+    failed = store.claims - before
+    # Each claimer waits a poll timeout (0.1 s) after a failure: about 8 tries each, not a spin.
+    assert 2 <= failed <= 2 * 12
+    assert manager.healthy and manager.is_running  # it held no lease, so it lost none
+    assert any("claiming a job from default failed" in r.getMessage() for r in caplog.records)
+
+    store.down = False
+    job = await store.enqueue(new_job("quick"))
+    await eventually(in_status(store, job.id, JobStatus.COMPLETED))

@@ -1,6 +1,8 @@
 """manage.py portico_worker: the built-in worker, running jobs from the database until signalled."""
 from __future__ import annotations
 
+import sys
+
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs.worker import Worker
@@ -10,7 +12,8 @@ class Command(BaseCommand):
     help = (
         "Claim and run jobs from the given queues until SIGTERM or SIGINT. The first signal "
         "stops claiming, lets jobs in flight finish within PORTICO_GRACE_PERIOD and releases "
-        "the rest; a second signal exits at once."
+        "the rest; a second signal exits at once. Exits with status 3 if the database stops "
+        "answering heartbeats for a whole lease (PORTICO_LEASE_SECONDS)."
     )
 
     def add_arguments(self, parser):
@@ -29,4 +32,6 @@ class Command(BaseCommand):
             raise CommandError("--concurrency must be at least 1")
         if batch < 1:
             raise CommandError("--batch must be at least 1")
-        Worker(names, concurrency, batch).run()
+        status = Worker(names, concurrency, batch).run()
+        if status:
+            sys.exit(status)

@@ -5,7 +5,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from uuid import UUID
 
 from portico.exceptions import InvalidJobStateError, PorticoError, StaleClaimError
@@ -26,6 +26,10 @@ class HandlerFailure(PorticoError):
     """The handler reported failure without an error."""
 
 
+class LeasesLostError(PorticoError):
+    """The job store did not renew this worker's leases for a whole lease: its claims are lost."""
+
+
 def _being_cancelled() -> bool:
     """Whether the running task was asked to stop (a CancelledError is not just raised)."""
     task = asyncio.current_task()
@@ -44,6 +48,11 @@ class JobExecutor:
     or a timeout) calls the handler's ``on_failure`` and is then rejected: retried after
     the policy's backoff unless the result says ``retry_recommended: False``. A job whose
     type has no handler fails for good with an error that says so.
+
+    Each outcome is logged as one line (``job_id=… job_type=… queue=… attempt=… outcome=…
+    duration=…s``, and the error if any) whose record also carries those fields as
+    attributes (``job_id``, ``job_type``, ``queue``, ``attempt``, ``outcome``, ``duration``)
+    for structured handlers.
 
     ``on_handled``, if given, is told each job whose handling is over and whose outcome is
     about to be written, so a caller can start claiming the next job meanwhile.
@@ -95,16 +104,19 @@ class JobExecutor:
             return await self._record(job, started, "failed", self.job_queue.reject(
                 job.id, requeue=False, error_message=error, claim=job), error)
         try:
-            result = await self._run(handler, job)
+            if self.job_timeout is None:  # no coroutine of its own: one less per job
+                result = self._checked(await handler.handle(job), job)
+            else:
+                result = await self._run_limited(handler, job)
         except asyncio.CancelledError as exc:
             if _being_cancelled():
                 raise
             # The handler raised CancelledError itself, unasked: a failed run like any
             # other, so such a job ends in dead letter instead of killing worker slots.
-            error = exc
+            error: BaseException = exc
             retry = True
         except Exception as exc:  # noqa: BLE001 - any handler error is a failed run
-            error: BaseException = exc
+            error = exc
             retry = True
         else:
             if result.success:
@@ -123,20 +135,22 @@ class JobExecutor:
         )
         return await self._record(job, started, "failed", outcome, message)
 
-    async def _run(self, handler: JobHandler, job: Job) -> JobResult:
-        if self.job_timeout is None:
-            result = await handler.handle(job)
-        else:
-            limit = asyncio.timeout(self.job_timeout)
-            try:
-                async with limit:
-                    result = await handler.handle(job)
-            except TimeoutError as exc:
-                # Only our own limit is a time-out of the job; a TimeoutError the handler
-                # raised (an upstream API timing out) keeps its own type and message.
-                if limit.expired():
-                    raise JobTimeoutError(f"the job ran longer than {self.job_timeout:g}s") from exc
-                raise
+    async def _run_limited(self, handler: JobHandler, job: Job) -> JobResult:
+        assert self.job_timeout is not None
+        limit = asyncio.timeout(self.job_timeout)
+        try:
+            async with limit:
+                result = await handler.handle(job)
+        except TimeoutError as exc:
+            # Only our own limit is a time-out of the job; a TimeoutError the handler
+            # raised (an upstream API timing out) keeps its own type and message.
+            if limit.expired():
+                raise JobTimeoutError(f"the job ran longer than {self.job_timeout:g}s") from exc
+            raise
+        return self._checked(result, job)
+
+    @staticmethod
+    def _checked(result: object, job: Job) -> JobResult:
         if not isinstance(result, JobResult):
             raise TypeError(
                 f"the handler for {job.job_type!r} returned {type(result).__name__}, not JobResult"
@@ -152,7 +166,8 @@ class JobExecutor:
                 job.job_type, job.id,
             )
 
-    async def _record(self, job: Job, started: float, verdict: str, outcome, error: str | None) -> Job | None:
+    async def _record(self, job: Job, started: float, verdict: str, outcome: Awaitable[Job],
+                      error: str | None) -> Job | None:
         if self.on_handled is not None:
             self.on_handled(job)
         try:
@@ -167,16 +182,32 @@ class JobExecutor:
         return recorded
 
     def _log(self, job: Job, started: float, outcome: str, error: str | None) -> None:
-        level = logging.INFO if outcome in (JobStatus.COMPLETED.value, "released") else logging.WARNING
-        self.log.log(
-            level,
-            "job_id=%s job_type=%s queue=%s attempt=%d outcome=%s duration=%.3fs%s",
-            job.id, job.job_type, job.queue_name, job.retry_count + 1, outcome,
-            time.monotonic() - started, f" error={error!r}" if error else "",
-            extra={"job_id": str(job.id), "job_type": job.job_type, "queue": job.queue_name,
-                   "attempt": job.retry_count + 1, "outcome": outcome,
-                   "duration": time.monotonic() - started},
-        )
+        """The job's outcome line, with its fields also as attributes of the record.
+
+        The record is made directly, not through Logger.log: that path looks up the caller's
+        frame and copies an ``extra`` dict, which took most of a no-op job's logging time.
+        """
+        logger = self.log
+        level = logging.INFO if outcome in _QUIET_OUTCOMES else logging.WARNING
+        if not logger.isEnabledFor(level):
+            return
+        duration = time.monotonic() - started
+        job_id = str(job.id)
+        attempt = job.retry_count + 1
+        message = (f"job_id={job_id} job_type={job.job_type} queue={job.queue_name} "
+                   f"attempt={attempt} outcome={outcome} duration={duration:.3f}s")
+        if error:
+            message += f" error={error!r}"
+        record = logging.getLogRecordFactory()(
+            logger.name, level, __file__, _LOG_LINE, message, None, None, "_log")
+        record.__dict__.update(job_id=job_id, job_type=job.job_type, queue=job.queue_name,
+                               attempt=attempt, outcome=outcome, duration=duration)
+        logger.handle(record)
+
+
+# Outcomes logged at INFO; the others (failed, retrying, dead letter) at WARNING.
+_QUIET_OUTCOMES = frozenset({JobStatus.COMPLETED.value, "released"})
+_LOG_LINE = JobExecutor._log.__code__.co_firstlineno
 
 
 class WorkerManager:
@@ -230,6 +261,9 @@ class WorkerManager:
         self.poll_timeout = poll_timeout
         lease = float(getattr(job_queue, "lease_seconds", 300.0))
         self.heartbeat_interval = heartbeat_interval or max(0.05, lease / 3)
+        # Heartbeats failing (or unanswered) this long mean the leases are gone; two intervals
+        # at least, so that a heartbeat interval set near the lease cannot make a crash loop.
+        self.unhealthy_after = max(lease, 2 * self.heartbeat_interval)
         self.rescue_interval = rescue_interval
         self.log = logger or log
         self._slots: list[asyncio.Task[None]] = []
@@ -244,6 +278,10 @@ class WorkerManager:
         self._unstarted: dict[UUID, Job] = {}
         self._handoff: asyncio.Queue[Job] = asyncio.Queue()
         self._freed = asyncio.Event()
+        # Health: when the leases were last known renewed, and why the manager gave up.
+        self._leases_renewed_at = 0.0
+        self._unhealthy: str | None = None
+        self._gave_up = asyncio.Event()
 
     @property
     def handlers(self) -> dict[str, JobHandler]:
@@ -257,10 +295,30 @@ class WorkerManager:
     def in_flight(self) -> list[Job]:
         return list(self._claims.values())
 
+    @property
+    def healthy(self) -> bool:
+        """False once heartbeats have failed for ``unhealthy_after`` seconds: see ``wait_unhealthy``."""
+        return self._unhealthy is None
+
+    async def wait_unhealthy(self) -> str:
+        """Wait until the manager gives up on its job store, and return why.
+
+        It gives up when no heartbeat has renewed its leases for ``unhealthy_after`` seconds
+        (the lease): the jobs it holds may be rescued and run elsewhere by then. It claims
+        nothing more; its owner should stop it and leave, so that a supervisor starts a fresh
+        process with new connections.
+        """
+        await self._gave_up.wait()
+        assert self._unhealthy is not None
+        return self._unhealthy
+
     async def start(self) -> None:
         if self._slots:
             raise RuntimeError("this WorkerManager is already started")
         self._stopping = False
+        self._leases_renewed_at = time.monotonic()
+        self._unhealthy = None
+        self._gave_up = asyncio.Event()
         slot = self._slot if self.batch_size == 1 else self._fed_slot
         self._slots = [
             asyncio.create_task(slot(), name=f"portico-worker-{n}")
@@ -270,7 +328,7 @@ class WorkerManager:
             self._handoff = asyncio.Queue()
             self._freed = asyncio.Event()
             self._claimer = asyncio.create_task(self._claim_batches(), name="portico-claimer")
-        self._helpers = [asyncio.create_task(self._every(self.heartbeat_interval, self._heartbeat))]
+        self._helpers = [asyncio.create_task(self._keep_leases(), name="portico-heartbeat")]
         if self.rescue_interval:
             self._helpers.append(asyncio.create_task(self._every(self.rescue_interval, self._rescue)))
 
@@ -300,14 +358,25 @@ class WorkerManager:
         self._slots, self._helpers = [], []
 
     async def run(self) -> None:
-        """Start and work until cancelled; cancellation stops gracefully."""
+        """Start and work until cancelled; cancellation stops gracefully.
+
+        Raises LeasesLostError, after stopping without a grace period, if the manager gives
+        up on its job store (see ``wait_unhealthy``).
+        """
         await self.start()
+        gave_up = asyncio.ensure_future(self._gave_up.wait())
         try:
             # wait, not gather: cancelling gather would cancel the slots at once and
             # release every job in flight, skipping the grace period stop() gives them.
-            await asyncio.wait(self._slots)
+            working = set(self._slots)
+            while working and not gave_up.done():
+                _, working = await asyncio.wait(working | {gave_up}, return_when=asyncio.FIRST_COMPLETED)
+                working.discard(gave_up)
         finally:
-            await asyncio.shield(self.stop())
+            gave_up.cancel()
+            await asyncio.shield(self.stop(None if self.healthy else 0))
+        if self._unhealthy is not None:
+            raise LeasesLostError(self._unhealthy)
 
     async def _slot(self) -> None:
         """One job at a time, each claimed by the slot itself (``batch_size`` 1)."""
@@ -425,6 +494,63 @@ class WorkerManager:
                 raise
             except Exception:  # noqa: BLE001
                 self.log.exception("periodic %s failed", getattr(action, "__name__", action))
+
+    async def _keep_leases(self) -> None:
+        """Heartbeat every interval; give up once the leases went ``unhealthy_after`` unrenewed.
+
+        A heartbeat that fails, or gets no answer before the leases would run out, is logged
+        and tried again at the next interval: one failure between good ones changes nothing.
+        With nothing held, there is no lease to lose and nothing to ask the store.
+        """
+        failures = 0
+        last_error: str | None = None
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            sent = time.monotonic()
+            left = self._leases_renewed_at + self.unhealthy_after - sent
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                # An unanswered heartbeat (a store that hangs) counts as a failed one.
+                async with asyncio.timeout(left):
+                    await self._heartbeat()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the store is down or unreachable
+                failures += 1
+                unanswered = isinstance(exc, TimeoutError) and not str(exc)
+                error = "no answer" if unanswered else describe(exc)
+                last_error = last_error if unanswered and last_error else error
+                unrenewed = time.monotonic() - self._leases_renewed_at
+                if unrenewed >= self.unhealthy_after:
+                    self._give_up(
+                        f"{failures} heartbeat(s) in a row failed, for {unrenewed:.1f}s: as long "
+                        f"as a lease ({self.unhealthy_after:g}s), so the claims of this worker "
+                        f"are lost (last error: {last_error})"
+                    )
+                    return
+                self.log.warning(
+                    "heartbeat failed (%s); the leases were renewed %.1fs ago and run out after %gs",
+                    error, unrenewed, self.unhealthy_after, exc_info=failures == 1 and not unanswered,
+                )
+            else:
+                if failures:
+                    self.log.info("heartbeats work again after %d failure(s)", failures)
+                failures, last_error = 0, None
+                self._leases_renewed_at = sent
+
+    def _give_up(self, reason: str) -> None:
+        """Claim nothing more and say so; the owner stops the jobs in flight."""
+        self._unhealthy = reason
+        self._stopping = True
+        # A claim waiting for work would still take a job: end it now (safe, as in stop()).
+        if self._claimer is not None:
+            self._claimer.cancel()
+        for slot in self._slots:
+            if slot not in self._busy:
+                slot.cancel()
+        self._gave_up.set()
+        self.log.error("worker unhealthy, no new claims: %s", reason)
 
     async def _heartbeat(self) -> None:
         claims = self.in_flight + list(self._unstarted.values())
