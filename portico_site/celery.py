@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portico_site.settings")
 
@@ -15,6 +16,22 @@ app.autodiscover_tasks()
 # The app of every thread, not only the importing one: jobs are enqueued (and doorbells
 # rung) from request threads and the job store's own threads too.
 app.set_default()
+
+
+# A worker that consumes Portico queues keeps a row in portico_worker while it runs (what
+# /metrics counts as live workers). Both signals come only to a worker's main process.
+@worker_ready.connect
+def _register_worker(sender: Any = None, **_: Any) -> None:
+    from jobs.presence import celery_worker_ready
+
+    celery_worker_ready(sender)
+
+
+@worker_shutdown.connect
+def _unregister_worker(**_: Any) -> None:
+    from jobs.presence import celery_worker_shutdown
+
+    celery_worker_shutdown()
 
 
 def beat_schedule() -> dict[str, dict[str, Any]]:
