@@ -21,16 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from scratch_db import ROOT, drop_database, percentile, recreate_database, setup_django
+
 DB_NAME = "portico_bench_dashboard"
-SERVER = "postgres://postgres@127.0.0.1:5432"
 QUEUES = tuple(f"queue-{n}" for n in range(20))
 CHUNK = 250_000
 WARMUPS = 5
@@ -78,36 +75,6 @@ SELECT gen_random_uuid(), 'queue-' || mod(i, 20), job_type, jsonb_build_object('
           FROM (SELECT i, mod(i / 20, 100) AS m FROM generate_series(%s, %s) AS i) AS numbered
        ) AS generated
 """
-
-
-def setup_django() -> None:
-    sys.path.insert(0, str(ROOT))
-    os.environ["DATABASE_URL"] = f"{SERVER}/{DB_NAME}"
-    os.environ["DJANGO_DEBUG"] = "0"
-    os.environ["DJANGO_ALLOWED_HOSTS"] = "testserver"  # the test client's host name
-    os.environ.setdefault("DJANGO_SECRET_KEY", "benchmark-only-secret-key-benchmark-only-secret")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "portico_site.settings"
-    import django
-
-    django.setup()
-
-
-def recreate_database() -> None:
-    import psycopg
-
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
-
-
-def drop_database() -> None:
-    from django.db import connection
-
-    connection.close()
-    import psycopg
-
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
 
 
 def load_jobs(total: int) -> float:
@@ -165,11 +132,6 @@ def operator_client():
     return client
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def pages() -> list[tuple[str, str, dict[str, str]]]:
     from jobs.models import JobRecord
 
@@ -205,7 +167,7 @@ def measure_pages(client, requests: int) -> dict[str, dict[str, float]]:
 
 def work(done, stop) -> None:
     """A worker process: claim and complete due jobs of the 20 queues until told to stop."""
-    setup_django()
+    setup_django(DB_NAME)
     from jobs.queue import DatabaseJobQueueAdapter
 
     queue = DatabaseJobQueueAdapter()
@@ -280,8 +242,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = parser.parse_args()
 
-    recreate_database()
-    setup_django()
+    recreate_database(DB_NAME)
+    setup_django(DB_NAME)
     from django.conf import settings
     from django.core.management import call_command
 
@@ -306,7 +268,7 @@ def main() -> None:
         requeue["drift_after"] = after
     finally:
         if not args.keep:
-            drop_database()
+            drop_database(DB_NAME)
 
     print(f"\n{args.jobs:,} jobs, 20 queues, {counts.get('dead_letter', 0):,} dead letters\n")
     print(f"{'page':34s} {'p50 ms':>8s} {'p95 ms':>8s} {'max ms':>8s}  target p95 < {PAGE_TARGET_MS:.0f} ms")

@@ -57,3 +57,28 @@ def require_postgres() -> str:
 def postgres_url() -> str:
     """The test PostgreSQL URL; checked once per run before any integration test."""
     return require_postgres()
+
+
+@pytest.fixture
+def store(empty_store):
+    """The database adapter over an empty job store, polling quickly for the tests that wait."""
+    from jobs.queue import DatabaseJobQueueAdapter
+
+    adapter = DatabaseJobQueueAdapter(poll_interval=0.05)
+    yield adapter
+    adapter.close_sync()
+
+
+@pytest.fixture
+def job():
+    """Build a Job: queue "default", type "test.job", an empty payload, unless told otherwise."""
+    from uuid import uuid4
+
+    from portico.ports.job import Job
+
+    def build(**fields) -> Job:
+        values = {"id": uuid4(), "queue_name": "default", "job_type": "test.job", "payload": {}}
+        values.update(fields)
+        return Job(**values)
+
+    return build

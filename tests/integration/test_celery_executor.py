@@ -25,13 +25,6 @@ no_executions = harness.no_executions
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.celery, pytest.mark.postgres]
 
 
-@pytest.fixture
-def store(empty_store):
-    adapter = DatabaseJobQueueAdapter()
-    yield adapter
-    adapter.close_sync()
-
-
 def completed(store: DatabaseJobQueueAdapter, count: int, queue: str = "default"):
     return lambda: store.get_queue_stats_sync(queue).completed_count == count
 

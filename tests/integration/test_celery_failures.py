@@ -22,13 +22,6 @@ no_executions = harness.no_executions
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.celery, pytest.mark.postgres]
 
 
-@pytest.fixture
-def store(empty_store):
-    adapter = DatabaseJobQueueAdapter()
-    yield adapter
-    adapter.close_sync()
-
-
 def status_of(store: DatabaseJobQueueAdapter, job_id: uuid.UUID) -> JobStatus:
     return store.get_job_sync(job_id).status
 

@@ -8,7 +8,6 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from uuid import uuid4
 
 import pytest
 from django.core.management import call_command
@@ -17,27 +16,10 @@ from django.db import connection, transaction
 
 from jobs.models import JobRecord, QueueCounter
 from jobs.queue import DatabaseJobQueueAdapter
-from portico.ports.job import Job, JobStatus
+from portico.ports.job import JobStatus
 
 pytestmark = pytest.mark.django_db(transaction=True)
 WORKER_SCRIPT = Path(__file__).with_name("claim_worker.py")
-
-
-@pytest.fixture
-def store(empty_store):
-    adapter = DatabaseJobQueueAdapter(poll_interval=0.05)
-    yield adapter
-    adapter.close_sync()
-
-
-@pytest.fixture
-def job():
-    def build(**fields) -> Job:
-        values = {"id": uuid4(), "queue_name": "default", "job_type": "test.job", "payload": {}}
-        values.update(fields)
-        return Job(**values)
-
-    return build
 
 
 def test_a_bulk_enqueue_larger_than_one_statement_stores_every_job(store, job):

@@ -39,13 +39,6 @@ STATES = [status.value for status in JobStatus]
 db = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def store(empty_store):
-    adapter = DatabaseJobQueueAdapter()
-    yield adapter
-    adapter.close_sync()
-
-
 def run_demo(*args: str) -> dict[str, dict[str, int]]:
     """Run portico_demo; the counts it reports seeding, by queue and state."""
     out = StringIO()

@@ -11,7 +11,6 @@ from django.db import connection, transaction
 from django.test import override_settings
 
 from jobs.models import JobRecord
-from jobs.queue import DatabaseJobQueueAdapter
 from portico.exceptions import DuplicateJobError
 from portico.ports.job import Job, JobStatus
 
@@ -23,23 +22,6 @@ dispatched: list[list[str]] = []
 def record_dispatch(names: list[str]) -> None:
     """PORTICO_DISPATCH for these tests: remember which queues were rung."""
     dispatched.append(names)
-
-
-@pytest.fixture
-def store(empty_store):
-    adapter = DatabaseJobQueueAdapter(poll_interval=0.05)
-    yield adapter
-    adapter.close_sync()
-
-
-@pytest.fixture
-def job():
-    def build(**fields) -> Job:
-        values = {"id": uuid4(), "queue_name": "default", "job_type": "test.job", "payload": {}}
-        values.update(fields)
-        return Job(**values)
-
-    return build
 
 
 @pytest.fixture
