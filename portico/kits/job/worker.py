@@ -56,6 +56,12 @@ class JobExecutor:
 
     ``on_handled``, if given, is told each job whose handling is over and whose outcome is
     about to be written, so a caller can start claiming the next job meanwhile.
+
+    Writing the outcome is tried again, with backoff, while it fails for any reason other
+    than a refusal of the store (a database restarting, a connection cut) and for at most
+    ``outcome_retry_seconds`` (by default the queue's lease: after that the claim is lost
+    anyway). A job that ran is thus recorded once, not run again after its lease for want
+    of a write.
     """
 
     def __init__(
@@ -67,8 +73,13 @@ class JobExecutor:
         job_timeout: float | None = None,
         logger: logging.Logger | None = None,
         on_handled: Callable[[Job], None] | None = None,
+        outcome_retry_seconds: float | None = None,
     ) -> None:
         self.job_queue = job_queue
+        self.outcome_retry_seconds = float(
+            outcome_retry_seconds if outcome_retry_seconds is not None
+            else getattr(job_queue, "lease_seconds", 30.0)
+        )
         self.handlers = handlers_by_type(handlers)
         self.retry_policy = retry_policy or RetryPolicy()
         self.job_timeout = job_timeout
@@ -101,7 +112,7 @@ class JobExecutor:
         handler = self.handlers.get(job.job_type)
         if handler is None:
             error = f"No handler is registered for job type {job.job_type!r}"
-            return await self._record(job, started, "failed", self.job_queue.reject(
+            return await self._record(job, started, "failed", lambda: self.job_queue.reject(
                 job.id, requeue=False, error_message=error, claim=job), error)
         try:
             if self.job_timeout is None:  # no coroutine of its own: one less per job
@@ -120,7 +131,7 @@ class JobExecutor:
             retry = True
         else:
             if result.success:
-                return await self._record(job, started, "completed", self.job_queue.acknowledge(
+                return await self._record(job, started, "completed", lambda: self.job_queue.acknowledge(
                     job.id, result.result_data, claim=job), None)
             error = result.error or HandlerFailure()
             retry = result.result_data.get("retry_recommended") is not False
@@ -130,9 +141,9 @@ class JobExecutor:
         delay = None
         if retry and job.retry_count < job.max_retries:
             delay = self.retry_policy.delay(job.retry_count + 1)
-        outcome = self.job_queue.reject(
-            job.id, requeue=retry, error_message=message, delay=delay, claim=job
-        )
+        def outcome() -> Awaitable[Job]:
+            return self.job_queue.reject(job.id, requeue=retry, error_message=message, delay=delay, claim=job)
+
         return await self._record(job, started, "failed", outcome, message)
 
     async def _run_limited(self, handler: JobHandler, job: Job) -> JobResult:
@@ -166,12 +177,12 @@ class JobExecutor:
                 job.job_type, job.id,
             )
 
-    async def _record(self, job: Job, started: float, verdict: str, outcome: Awaitable[Job],
+    async def _record(self, job: Job, started: float, verdict: str, write: Callable[[], Awaitable[Job]],
                       error: str | None) -> Job | None:
         if self.on_handled is not None:
             self.on_handled(job)
         try:
-            recorded = await outcome
+            recorded = await self._written(job, verdict, write)
         except StaleClaimError:
             self.log.warning(
                 "job %s: the claim was lost before its outcome (%s) was recorded; another "
@@ -180,6 +191,23 @@ class JobExecutor:
             return None
         self._log(job, started, recorded.status.value, error)
         return recorded
+
+    async def _written(self, job: Job, verdict: str, write: Callable[[], Awaitable[Job]]) -> Job:
+        """The outcome written, tried again while the store fails (not while it refuses)."""
+        deadline = time.monotonic() + self.outcome_retry_seconds
+        pause = OUTCOME_RETRY_FIRST
+        while True:
+            try:
+                return await write()
+            except PorticoError:
+                raise  # a refusal (a stale claim, a job gone): trying again changes nothing
+            except Exception as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                self.log.warning("job %s: writing its outcome (%s) failed (%s); trying again in %.2gs",
+                                 job.id, verdict, describe(exc), pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, OUTCOME_RETRY_MAX)
 
     def _log(self, job: Job, started: float, outcome: str, error: str | None) -> None:
         """The job's outcome line, with its fields also as attributes of the record.
@@ -205,6 +233,9 @@ class JobExecutor:
         logger.handle(record)
 
 
+# Pauses between attempts to write an outcome while the store fails: doubling from the first.
+OUTCOME_RETRY_FIRST = 0.05
+OUTCOME_RETRY_MAX = 2.0
 # Outcomes logged at INFO; the others (failed, retrying, dead letter) at WARNING.
 _QUIET_OUTCOMES = frozenset({JobStatus.COMPLETED.value, "released"})
 _LOG_LINE = JobExecutor._log.__code__.co_firstlineno
