@@ -14,6 +14,9 @@ DEFAULTS: dict[str, Any] = {
     # Seconds between claim attempts of a waiting worker that gets no notification.
     "PORTICO_POLL_INTERVAL": 0.5,
     "PORTICO_MAX_PAYLOAD_BYTES": 256 * 1024,
+    # The hot statements (claims, acknowledgements, single enqueues) as server-side prepared
+    # statements. Turn off behind a transaction-pooling PgBouncer older than 1.21.
+    "PORTICO_PREPARED_STATEMENTS": True,
     # Completed jobs older than this many seconds are pruned.
     "PORTICO_RETENTION": 7 * 24 * 3600,
     # Retry backoff: the n-th retry waits between half and all of min(cap, base * 2**(n-1)).

@@ -117,12 +117,28 @@ def _jsonb_text_dumper() -> type:
 _prepared_insert: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def _insert_prepared(connection: Any, params: list[bytes | None]) -> datetime:
-    """Run INSERT_ONE (prepared on first use) on a psycopg connection; the created_at it returns."""
+# A psycopg prepare_threshold at which only the statements executed with prepare=True are
+# prepared (the hot ones); Django's own queries never reach it. None turns preparing off.
+ONLY_WHEN_ASKED = 2**31 - 1
+
+
+def _insert_prepared(connection: Any, params: list[bytes | None], prepare: bool = True) -> datetime:
+    """Run INSERT_ONE (prepared on first use) on a psycopg connection; the created_at it returns.
+
+    With ``prepare`` false the statement goes unnamed, as poolers without prepared
+    statements need (PORTICO_PREPARED_STATEMENTS off).
+    """
     from psycopg import postgres, pq
 
     with connection.lock:
         pgconn = connection.pgconn
+        if not prepare:
+            types = [postgres.types[name].oid for name in INSERT_ONE_TYPES]
+            result = pgconn.exec_params(INSERT_ONE.encode(), params, types, None, 1)
+            if result.status == pq.ExecStatus.TUPLES_OK:
+                return _PG_EPOCH + timedelta(
+                    microseconds=int.from_bytes(result.get_value(0, 0), "big", signed=True))
+            raise _error(connection, result)
         for _ in range(2):
             if pgconn not in _prepared_insert:
                 types = [postgres.types[name].oid for name in INSERT_ONE_TYPES]
@@ -195,6 +211,8 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
         self._listener: _Listener | None = None
         self._last_compaction = 0.0
         self.ack_window = ack_window
+        # Claims, acknowledgements and single enqueues as server-side prepared statements.
+        self.prepared_statements = bool(setting("PORTICO_PREPARED_STATEMENTS"))
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AckBatcher] = (
             weakref.WeakKeyDictionary())
         self._batchers_lock = threading.Lock()
@@ -458,7 +476,7 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
         ]
         conn.ensure_connection()
         with conn.wrap_database_errors:
-            created = _insert_prepared(conn.connection, params)
+            created = _insert_prepared(conn.connection, params, self.prepared_statements)
         return self._stored(job, payload, metadata, created)
 
     def _copy_in(self, conn: Any, jobs: list[Job], encoded: list[tuple[str, str]]) -> list[Job]:
@@ -617,8 +635,11 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
         import psycopg
 
         self.connection.ensure_connection()
-        with self.connection.wrap_database_errors, psycopg.Cursor(self.connection.connection) as cursor:
-            cursor.execute(sql, params, prepare=True, binary=True)
+        raw = self.connection.connection
+        if self.prepared_statements and raw.prepare_threshold is None:
+            raw.prepare_threshold = ONLY_WHEN_ASKED  # Django opens its connections with None
+        with self.connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
+            cursor.execute(sql, params, prepare=self.prepared_statements, binary=True)
             return cursor.fetchall()
 
     def _claim_sqlite(self, names: tuple[str, ...], limit: int) -> list[tuple]:
@@ -1471,7 +1492,7 @@ class _LoopConnections:
             conn = await self._connection(role)
             try:
                 async with conn.cursor() as cursor:
-                    await cursor.execute(sql, params, prepare=True, binary=True)
+                    await cursor.execute(sql, params, prepare=self.adapter.prepared_statements, binary=True)
                     return await cursor.fetchall()
             except psycopg.Error as exc:
                 broken = conn.broken or conn.closed
@@ -1509,6 +1530,7 @@ class _LoopConnections:
         params = {k: v for k, v in params.items() if k not in ("cursor_factory", "context")}
         try:
             conn = await psycopg.AsyncConnection.connect(**params, autocommit=True)
+            conn.prepare_threshold = ONLY_WHEN_ASKED if self.adapter.prepared_statements else None
             try:
                 if conn.info.parameter_status("TimeZone") != "UTC":
                     await conn.execute("SET TIME ZONE 'UTC'")  # as Django's own connections
