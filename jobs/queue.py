@@ -126,13 +126,15 @@ def _insert_prepared(connection: Any, params: list[bytes | None], prepare: bool 
     """Run INSERT_ONE (prepared on first use) on a psycopg connection; the created_at it returns.
 
     With ``prepare`` false the statement goes unnamed, as poolers without prepared
-    statements need (PORTICO_PREPARED_STATEMENTS off).
+    statements need (PORTICO_PREPARED_STATEMENTS off). Inside a transaction too: psycopg
+    answers a ROLLBACK (to a savepoint) with DEALLOCATE ALL once it has prepared statements
+    of its own, and a vanished statement would abort the caller's transaction.
     """
     from psycopg import postgres, pq
 
     with connection.lock:
         pgconn = connection.pgconn
-        if not prepare:
+        if not prepare or pgconn.transaction_status != pq.TransactionStatus.IDLE:
             types = [postgres.types[name].oid for name in INSERT_ONE_TYPES]
             result = pgconn.exec_params(INSERT_ONE.encode(), params, types, None, 1)
             if result.status == pq.ExecStatus.TUPLES_OK:

@@ -44,3 +44,21 @@ def test_turned_off_nothing_is_prepared_for_poolers_without_prepared_statements(
     assert prepared() == []
     assert store.get_queue_stats_sync("default").completed_count == 3
     store.close_sync()
+
+
+def test_a_savepoint_rollback_does_not_break_the_next_enqueue(empty_store, job):
+    """psycopg answers ROLLBACK TO SAVEPOINT with DEALLOCATE ALL once it has prepared statements."""
+    from django.db import transaction
+
+    from portico.exceptions import DuplicateJobError
+
+    store = run_hot_paths(job)  # psycopg has prepared the claim and acknowledgement
+    first = job()
+    with transaction.atomic():
+        store.enqueue_sync(first)
+        with pytest.raises(DuplicateJobError), transaction.atomic():
+            store.enqueue_sync(job(id=first.id))
+        store.enqueue_sync(job())
+    store.enqueue_sync(job())  # outside a transaction again: prepared anew
+    assert store.get_queue_stats_sync("default").pending_count == 3
+    store.close_sync()
