@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 @pytest.fixture(autouse=True)
 def postgres_only() -> None:
     if connection.vendor != "postgresql":
-        pytest.skip("the event loop's own connections are PostgreSQL's")
+        pytest.fail("the event loop's own connections are PostgreSQL's: run these tests with "
+                    "DATABASE_URL=postgres://... (make test does)", pytrace=False)
 
 
 @pytest.fixture
