@@ -25,7 +25,7 @@ import statistics
 import time
 from typing import Any
 
-from scratch_db import ROOT, drop_database, percentile, recreate_database, setup_django
+from scratch_db import ROOT, complete_jobs, drop_database, percentile, recreate_database, setup_django
 
 DB_NAME = "portico_bench_dashboard"
 QUEUES = tuple(f"queue-{n}" for n in range(20))
@@ -165,23 +165,6 @@ def measure_pages(client, requests: int) -> dict[str, dict[str, float]]:
     return results
 
 
-def work(done, stop) -> None:
-    """A worker process: claim and complete due jobs of the 20 queues until told to stop."""
-    setup_django(DB_NAME)
-    from jobs.queue import DatabaseJobQueueAdapter
-
-    queue = DatabaseJobQueueAdapter()
-    deadline = time.monotonic() + REQUEUE_DEADLINE_S + 120
-    while not stop.is_set() and time.monotonic() < deadline:
-        claims = queue.dequeue_many_sync(QUEUES, WORKER_BATCH)
-        if not claims:
-            stop.wait(0.05)
-            continue
-        completed = queue.acknowledge_many_sync(claims)
-        with done.get_lock():
-            done.value += len(completed)
-
-
 def completed_over(done, seconds: float) -> float:
     before, began = done.value, time.monotonic()
     time.sleep(seconds)
@@ -216,7 +199,8 @@ def requeue_all(client, done) -> dict[str, Any]:
 def run_with_workers(client) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     done, stop = context.Value("q", 0), context.Event()
-    workers = [context.Process(target=work, args=(done, stop), daemon=True) for _ in range(WORKERS)]
+    worker_args = (DB_NAME, list(QUEUES), WORKER_BATCH, done, stop, REQUEUE_DEADLINE_S + 120)
+    workers = [context.Process(target=complete_jobs, args=worker_args, daemon=True) for _ in range(WORKERS)]
     for worker in workers:
         worker.start()
     try:

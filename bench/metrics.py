@@ -26,7 +26,7 @@ import statistics
 import time
 from typing import Any
 
-from scratch_db import ROOT, drop_database, percentile, recreate_database, setup_django
+from scratch_db import ROOT, complete_jobs, drop_database, percentile, recreate_database, setup_django
 
 DB_NAME = "portico_bench_metrics"
 CHUNK = 250_000
@@ -123,23 +123,6 @@ def time_peer(requests: int) -> dict[str, float]:
     return summary(times)
 
 
-def work(queues: int, done, stop) -> None:
-    """A worker process: claim and complete pending jobs until told to stop."""
-    setup_django(DB_NAME)
-    from jobs.queue import DatabaseJobQueueAdapter
-
-    adapter = DatabaseJobQueueAdapter()
-    names = [f"queue-{q}" for q in range(queues)]
-    while not stop.is_set():
-        claims = adapter.dequeue_many_sync(names, WORKER_BATCH)
-        if not claims:
-            stop.wait(0.05)
-            continue
-        completed = adapter.acknowledge_many_sync(claims)
-        with done.get_lock():
-            done.value += len(completed)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=1_000_000)
@@ -167,7 +150,9 @@ def main() -> None:
 
         context = multiprocessing.get_context("spawn")
         done, stop = context.Value("q", 0), context.Event()
-        workers = [context.Process(target=work, args=(args.queues, done, stop)) for _ in range(2)]
+        names = [f"queue-{q}" for q in range(args.queues)]
+        workers = [context.Process(target=complete_jobs, args=(DB_NAME, names, WORKER_BATCH, done, stop))
+                   for _ in range(2)]
         for process in workers:
             process.start()
         time.sleep(2.0)

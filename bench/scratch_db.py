@@ -1,4 +1,4 @@
-"""A benchmark's own PostgreSQL database, and Django set up on it, DEBUG off.
+"""A benchmark's own PostgreSQL database, Django set up on it (DEBUG off), and a worker loop.
 
 Shared by bench/dashboard.py and bench/metrics.py (run as scripts, so bench/ is on the path).
 """
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,3 +46,21 @@ def drop_database(db_name: str) -> None:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def complete_jobs(db_name: str, queues: list[str], batch: int, done, stop, seconds: float | None = None) -> None:
+    """A worker process: claim and complete due jobs of ``queues`` until ``stop`` is set
+    (or ``seconds`` have passed), adding each completion to the shared counter ``done``."""
+    setup_django(db_name)
+    from jobs.queue import DatabaseJobQueueAdapter
+
+    adapter = DatabaseJobQueueAdapter()
+    deadline = None if seconds is None else time.monotonic() + seconds
+    while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+        claims = adapter.dequeue_many_sync(queues, batch)
+        if not claims:
+            stop.wait(0.05)
+            continue
+        completed = adapter.acknowledge_many_sync(claims)
+        with done.get_lock():
+            done.value += len(completed)

@@ -5,7 +5,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
@@ -79,10 +79,8 @@ class Snapshot:
 
 
 def read_snapshot(job_queue: DatabaseJobQueueAdapter) -> Snapshot:
-    counters = job_queue.counters_sync()
-    workers = job_queue.live_workers_sync()
-    queues = sorted(set(counters) | set(workers))
-    return Snapshot(counters, job_queue.oldest_due_ages_sync(queues), workers)
+    known = Snapshot(job_queue.counters_sync(), {}, job_queue.live_workers_sync())
+    return replace(known, oldest_ages=job_queue.oldest_due_ages_sync(known.queues))
 
 
 def failure_ratio(counts: dict[str, int]) -> float:
