@@ -384,7 +384,7 @@ def _pg_exec(db_dsn: str, *statements: str) -> list[Any]:
 
 
 def _pg_poller(db_dsn: str, query: str):
-    """A (remaining(), close()) pair over one autocommit connection."""
+    """A (remaining(), close(), backend pid) triple over one autocommit connection."""
     import psycopg
 
     conn = psycopg.connect(db_dsn, autocommit=True, connect_timeout=10)
@@ -393,7 +393,45 @@ def _pg_poller(db_dsn: str, query: str):
     def remaining() -> int:
         return int(conn.execute(query).fetchone()[0])
 
-    return remaining, conn.close
+    return remaining, conn.close, conn.info.backend_pid
+
+
+def _cpu_ns(pid: int) -> int:
+    """Nanoseconds one process has run on a CPU so far (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_TICK_NS = 1e9 / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_cpu_ns() -> float:
+    """CPU used so far by the PostgreSQL server on this machine, in nanoseconds.
+
+    The running processes' own time (postmaster, backends, helpers), plus the time of the
+    backends that have exited, which the kernel adds to their parent when it reaps them:
+    a worker's backend that disconnects before the run is seen to end is still counted.
+    """
+    total = 0.0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+            if head.split("(", 1)[1] != "postgres":
+                continue
+            fields = rest.split()
+            own = _cpu_ns(int(name)) if fields[0] != "Z" else 0
+            # An exited backend not yet reaped keeps only its utime and stime.
+            own = own or (int(fields[11]) + int(fields[12])) * _TICK_NS
+            total += own + (int(fields[13]) + int(fields[14])) * _TICK_NS  # + cutime, cstime
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 def _consume_run(
@@ -404,16 +442,30 @@ def _consume_run(
     db_dsn: str,
     remaining_query: str,
     timeout: float,
+    cpu: dict[int, dict[str, float]] | None = None,
 ) -> float:
-    """Release `workers` ready processes on a queue of n jobs; return jobs/s."""
-    remaining, close = _pg_poller(db_dsn, remaining_query)
+    """Release `workers` ready processes on a queue of n jobs; return jobs/s.
+
+    With ``cpu``, also records ``cpu[workers]``: CPU microseconds per job spent by the
+    worker processes (until the run is seen to end) and by the PostgreSQL server, without
+    the backend of the observer that polls ``remaining_query`` (reported as "observer").
+    Wall-clock rates swing with whatever else shares the machine; CPU per job does much
+    less, so it shows which side a change made cheaper.
+    """
+    remaining, close, observer = _pg_poller(db_dsn, remaining_query)
     procs: list[Any] = []
     stop = None
     try:
         procs, go, stop = start_workers(target, workers, args)
+        w0, d0, o0 = sum(_cpu_ns(p.pid) for p in procs), _postgres_cpu_ns(), _cpu_ns(observer)
         t0 = time.perf_counter()
         go.set()
         t1 = wait_for_completion(remaining, procs, timeout)
+        w1, d1, o1 = sum(_cpu_ns(p.pid) for p in procs), _postgres_cpu_ns(), _cpu_ns(observer)
+        if cpu is not None:
+            cpu[workers] = {"workers": (w1 - w0) / 1e3 / n,
+                            "database": (d1 - d0 - (o1 - o0)) / 1e3 / n,
+                            "observer": (o1 - o0) / 1e3 / n}
         return n / (t1 - t0)
     finally:
         stop_processes(procs, stop)
@@ -493,6 +545,7 @@ def bench_pgqueuer(
                 db_dsn,
                 "SELECT count(*) FROM (SELECT 1 FROM pgqueuer LIMIT 1) t",
                 timeout,
+                out.setdefault("e2e_cpu_us_per_job", {}),
             )
             done = _pg_exec(
                 db_dsn, "SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'"
@@ -657,6 +710,7 @@ def bench_procrastinate(
                 "SELECT count(*) FROM (SELECT 1 FROM procrastinate_jobs"
                 " WHERE status IN ('todo', 'doing') LIMIT 1) t",
                 timeout,
+                out.setdefault("e2e_cpu_us_per_job", {}),
             )
             done = _pg_exec(
                 db_dsn, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"

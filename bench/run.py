@@ -45,6 +45,15 @@ def _e2e_row(w: int) -> tuple[str, Any, bool]:
     return (label, lambda r: (r.get("e2e_per_s") or {}).get(w), True)
 
 
+def _cpu_rows(w: int) -> list[tuple[str, Any, bool]]:
+    def side(name: str) -> Any:
+        return lambda r: ((r.get("e2e_cpu_us_per_job") or {}).get(w) or {}).get(name)
+
+    return [(f"  CPU us/job, {w}w: workers", side("workers"), False),
+            (f"  CPU us/job, {w}w: database", side("database"), False),
+            (f"  CPU us/job, {w}w: observer", side("observer"), False)]
+
+
 LATENCY_ROWS: list[tuple[str, Any, bool]] = [
     ("pickup p50 ms", lambda r: r.get("pickup_p50_ms"), False),
     ("pickup p99 ms", lambda r: r.get("pickup_p99_ms"), False),
@@ -69,7 +78,7 @@ def _ratio(ours: Any, peer: Any) -> str:
 
 def render_table(results: dict[str, dict[str, Any]], peer_names: Sequence[str],
                  workers: Sequence[int]) -> str:
-    rows = ROWS + [_e2e_row(w) for w in workers] + LATENCY_ROWS
+    rows = ROWS + [row for w in workers for row in [_e2e_row(w), *_cpu_rows(w)]] + LATENCY_ROWS
     systems = ["ours", *peer_names]
     header = ["metric", *systems, *[f"ours/{p}" for p in peer_names]]
     body = []
@@ -99,7 +108,7 @@ def render_table(results: dict[str, dict[str, Any]], peer_names: Sequence[str],
         if j == 0:
             lines.append("-+-".join("-" * w for w in widths))
     lines.append("")
-    lines.append("ratios are ours/peer: above 1 is better for rates, below 1 is better for latencies")
+    lines.append("ratios are ours/peer: above 1 is better for rates, below 1 is better for latencies and CPU")
     return "\n".join(lines)
 
 
