@@ -13,6 +13,8 @@ from portico.ports.job import Job, JobAttempt, JobStatus
 
 STATUS_CHOICES = [(status.value, status.value.replace("_", " ")) for status in JobStatus]
 WAITING = Q(status__in=["pending", "scheduled", "retrying"])
+# Every status but the three each job passes through (jobs.queue.BUSY_STATUSES).
+RESTING = Q(status__in=["scheduled", "retrying", "failed", "dead_letter", "cancelled"])
 
 
 class JobRecord(models.Model):
@@ -59,8 +61,11 @@ class JobRecord(models.Model):
             models.Index(fields=["queue_name", "run_at"], name="portico_job_due", condition=WAITING),
             # Dashboard filters: a queue's jobs in one status, newest or oldest first.
             models.Index(fields=["queue_name", "status", "seq"], name="portico_job_queue_status"),
-            # list_jobs_by_status across queues, and the dead-letter page.
-            models.Index(fields=["status", "seq"], name="portico_job_status"),
+            # list_jobs_by_status across queues, for the statuses a job rests in when something
+            # went wrong or waits on a clock. Pending, running and completed jobs are left out:
+            # every claim and acknowledgement would write an entry here (7% of the database's
+            # work per job); they are listed across queues through portico_job_queue_status.
+            models.Index(fields=["status", "seq"], name="portico_job_status", condition=RESTING),
             # list_jobs_by_type.
             models.Index(fields=["job_type", "seq"], name="portico_job_type"),
             # Rescue: running jobs whose lease ran out, without scanning the rest.

@@ -40,13 +40,18 @@ COLUMNS = (
     "seq, id, queue_name, job_type, payload, priority, max_retries, retry_count, scheduled_at, "
     "started_at, completed_at, failed_at, status, error_message, created_by, created_at, metadata"
 )
+# The same columns of portico_job aliased j, where a statement joins it to something else.
+J_COLUMNS = ", ".join("j." + c.strip() for c in COLUMNS.split(","))
 WAITING_SQL = "('pending', 'scheduled', 'retrying')"
+# The statuses every job passes through, which the portico_job_status index leaves out (its
+# condition in jobs.models lists the others): listed across queues per queue instead.
+BUSY_STATUSES = ("pending", "running", "completed")
 # The hot statements on PostgreSQL: a claim from one queue, a claim across several (best
 # per queue through each queue's index, then best across them), and an acknowledgement.
 _CLAIMED = (
     "UPDATE portico_job j SET status = 'running', started_at = now(), "
     "attempt = j.attempt + 1, lease_expires_at = now() + %s * interval '1 second' "
-    f"FROM next WHERE j.seq = next.seq RETURNING {', '.join('j.' + c.strip() for c in COLUMNS.split(','))}"
+    f"FROM next WHERE j.seq = next.seq RETURNING {J_COLUMNS}"
 )
 CLAIM_ONE = (
     "WITH next AS (SELECT seq FROM portico_job WHERE queue_name = %s "
@@ -1103,6 +1108,9 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
         if limit is not None:
             sql += " LIMIT %s"
             params = [*params, int(limit)]
+        return self._select_jobs(sql, params)
+
+    def _select_jobs(self, sql: str, params: list[Any]) -> list[Job]:
         with self.connection.cursor() as cursor:
             cursor.execute(sql, params)
             return [self._job(row) for row in cursor.fetchall()]
@@ -1111,7 +1119,24 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
         return await self._call(self.list_jobs_by_status_sync, status, limit)
 
     def list_jobs_by_status_sync(self, status: JobStatus, limit: int | None = None) -> list[Job]:
-        return self._list("status = %s", [JobStatus(status).value], limit)
+        value = JobStatus(status).value
+        if self.is_postgres and value in BUSY_STATUSES:
+            return self._list_busy(value, limit)
+        return self._list("status = %s", [value], limit)
+
+    def _list_busy(self, status: str, limit: int | None) -> list[Job]:
+        """Pending, running or completed jobs across queues, oldest first (PostgreSQL).
+
+        portico_job_status leaves these three out (see jobs.models), so each known queue's
+        (queue, status, seq) index is walked for at most ``limit`` rows and the walks are
+        merged: O(queues x limit) at any table size.
+        """
+        bound = "" if limit is None else " LIMIT %s"
+        sql = (f"SELECT {J_COLUMNS} "
+               "FROM (SELECT DISTINCT queue_name FROM portico_queue_counter) q CROSS JOIN LATERAL ("
+               f"SELECT {COLUMNS} FROM portico_job WHERE queue_name = q.queue_name AND status = %s "
+               f"ORDER BY seq{bound}) j ORDER BY j.seq{bound}")
+        return self._select_jobs(sql, [status] if limit is None else [status, int(limit), int(limit)])
 
     async def list_jobs_by_type(self, job_type: str, limit: int | None = None) -> list[Job]:
         return await self._call(self.list_jobs_by_type_sync, job_type, limit)

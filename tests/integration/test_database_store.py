@@ -15,7 +15,7 @@ from django.core.management.base import CommandError
 from django.db import connection, transaction
 
 from jobs.models import JobRecord, QueueCounter
-from jobs.queue import DatabaseJobQueueAdapter
+from jobs.queue import BUSY_STATUSES, DatabaseJobQueueAdapter
 from portico.ports.job import JobStatus
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -83,6 +83,41 @@ def test_a_batch_claim_takes_the_best_jobs_in_one_statement(store, job):
     assert all(j.status is JobStatus.RUNNING for j in claimed)
     stats = store.get_queue_stats_sync("default")
     assert (stats.pending_count, stats.running_count) == (20, 10)
+
+
+def test_listing_by_status_across_queues_is_oldest_first_for_every_status(store, job):
+    # Pending, running and completed jobs are listed by one walk per queue (the status
+    # index leaves them out); the rest through the status index. Both must give the
+    # same answer as a plain filter on the table.
+    store.enqueue_many_sync([job(queue_name="abc"[i % 3], payload={"i": i}, max_retries=i % 2)
+                             for i in range(60)])
+    for name in "abc":
+        claimed = store.dequeue_many_sync(name, 8)
+        store.acknowledge_many_sync(claimed[:3])
+        store.reject_many_sync(claimed[3:6], ["boom"] * 3)  # retrying or dead letter
+        store.reject_many_sync(claimed[6:7], ["boom"], requeue=False)  # failed
+        store.cancel_job_sync(store.dequeue_many_sync(name, 1)[0].id)
+    store.enqueue_sync(job(queue_name="b", scheduled_at=store.get_job_sync(
+        store.list_jobs_by_status_sync(JobStatus.PENDING, 1)[0].id).created_at + timedelta(hours=1)))
+    for status in JobStatus:
+        every = list(JobRecord.objects.filter(status=status.value).order_by("seq").values_list("id", flat=True))
+        assert every, f"the test should have made some {status.value} jobs"
+        for limit in (None, 1, 4, 1000):
+            listed = [j.id for j in store.list_jobs_by_status_sync(status, limit)]
+            assert listed == every[:limit], (status, limit)
+            assert all(j.status is status for j in store.list_jobs_by_status_sync(status, limit))
+
+
+def test_the_status_index_leaves_out_the_statuses_every_job_passes_through(store):
+    catalog = ("SELECT indexdef FROM pg_indexes WHERE indexname = 'portico_job_status'"
+               if connection.vendor == "postgresql" else
+               "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'portico_job_status'")
+    with connection.cursor() as cursor:
+        cursor.execute(catalog)
+        (indexdef,) = cursor.fetchone()
+    assert " WHERE " in indexdef
+    for status in JobStatus:
+        assert (f"'{status.value}'" in indexdef) is (status.value not in BUSY_STATUSES), indexdef
 
 
 def test_acknowledge_many_completes_the_claims_that_still_hold(store, job):
@@ -217,7 +252,7 @@ ENQUEUE_ONE = """
 import django
 django.setup()
 from uuid import uuid4
-from jobs.queue import DatabaseJobQueueAdapter
+from jobs.queue import BUSY_STATUSES, DatabaseJobQueueAdapter
 from portico.ports.job import Job
 DatabaseJobQueueAdapter().enqueue_sync(
     Job(id=uuid4(), queue_name="default", job_type="from.another.process", payload={}))
