@@ -1,6 +1,7 @@
 """The database job store beyond the shared contract: batches, counters, retention, transactions, processes."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -118,6 +119,44 @@ def test_the_status_index_leaves_out_the_statuses_every_job_passes_through(store
     assert " WHERE " in indexdef
     for status in JobStatus:
         assert (f"'{status.value}'" in indexdef) is (status.value not in BUSY_STATUSES), indexdef
+
+
+TRICKY_PAYLOADS = [
+    {},
+    {"text": "é ü 中文 \u2028 \"quoted\" back\\slash", "emoji": "🚀"},
+    {"numbers": [0, -1, 2.5, -3e20, 1e-7, 2**63, -(2**70)], "flags": [True, False, None]},
+    {"nested": {"a": {}, "b": [[], [{}], {"c": [1, {"d": "e"}]}]}},
+    {"spaces": "  leading and trailing  ", "empty": "", "key with spaces": 1},
+]
+
+
+def test_claimed_jobs_carry_their_payload_and_metadata_exactly(store, job):
+    # Claims decode jsonb with a loader of their own (jobs.queue._jsonb_loader).
+    stored = store.enqueue_many_sync([job(payload=p, metadata={"i": i} if i % 2 else {})
+                                      for i, p in enumerate(TRICKY_PAYLOADS)])
+    claimed = {j.id: j for j in store.dequeue_many_sync("default", len(stored))}
+    for original in stored:
+        assert claimed[original.id].payload == original.payload
+        assert claimed[original.id].metadata == original.metadata
+    empties = [j.payload for j in claimed.values() if j.payload == {}]
+    empties += [j.metadata for j in claimed.values() if j.metadata == {}]
+    assert len({id(e) for e in empties}) == len(empties), "each job gets its own empty dict"
+    assert len(store.acknowledge_many_sync(list(claimed.values()))) == len(stored)
+
+
+def test_claims_on_an_event_loop_carry_their_payload_exactly(store, job):
+    stored = store.enqueue_many_sync([job(payload=p) for p in TRICKY_PAYLOADS])
+
+    async def claim_all():
+        jobs = [await store.dequeue("default", timeout=1) for _ in stored]
+        for claimed in jobs:
+            await store.acknowledge(claimed.id, {"echo": claimed.payload}, claim=claimed)
+        return jobs
+
+    claimed = {j.id: j for j in asyncio.run(claim_all())}
+    for original in stored:
+        assert claimed[original.id].payload == original.payload
+        assert store.get_result_sync(original.id) == {"echo": original.payload}
 
 
 def test_acknowledge_many_completes_the_claims_that_still_hold(store, job):
