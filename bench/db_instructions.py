@@ -36,6 +36,22 @@ VARIANTS = {
     "type-index-without-running": [
         "DROP INDEX portico_job_type",
         "CREATE INDEX portico_job_type ON portico_job (job_type, seq) WHERE status <> 'running'"],
+    "queue-status-index-without-running": [
+        "DROP INDEX portico_job_queue_status",
+        "CREATE INDEX portico_job_queue_status ON portico_job (queue_name, status, seq) "
+        "WHERE status <> 'running'"],
+    "id-not-unique": [
+        "ALTER TABLE portico_job DROP CONSTRAINT portico_job_id_key",
+        "CREATE INDEX portico_job_id ON portico_job (id)"],
+    "generic-plans": [
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET plan_cache_mode = force_generic_plan', "
+        "current_database()); END $$"],
+    "both-indexes-without-running": [
+        "DROP INDEX portico_job_type",
+        "CREATE INDEX portico_job_type ON portico_job (job_type, seq) WHERE status <> 'running'",
+        "DROP INDEX portico_job_queue_status",
+        "CREATE INDEX portico_job_queue_status ON portico_job (queue_name, status, seq) "
+        "WHERE status <> 'running'"],
     "no-counter-trigger": ["ALTER TABLE portico_job DISABLE TRIGGER portico_job_count_update"],
     "no-failure-trigger": ["ALTER TABLE portico_job DISABLE TRIGGER portico_job_failure_update"],
 }

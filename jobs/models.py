@@ -14,6 +14,7 @@ from portico.ports.job import Job, JobAttempt, JobStatus
 STATUS_CHOICES = [(status.value, status.value.replace("_", " ")) for status in JobStatus]
 WAITING = Q(status__in=["pending", "scheduled", "retrying"])
 # Every status but the three each job passes through (jobs.queue.BUSY_STATUSES).
+NOT_RUNNING = ~Q(status="running")
 RESTING = Q(status__in=["scheduled", "retrying", "failed", "dead_letter", "cancelled"])
 
 
@@ -59,16 +60,20 @@ class JobRecord(models.Model):
             ),
             # Latency (the oldest due job per queue) and the wait for scheduled jobs.
             models.Index(fields=["queue_name", "run_at"], name="portico_job_due", condition=WAITING),
-            # Dashboard filters: a queue's jobs in one status, newest or oldest first.
-            models.Index(fields=["queue_name", "status", "seq"], name="portico_job_queue_status"),
+            # Dashboard filters: a queue's jobs in one status, newest or oldest first. Running
+            # jobs are left out here and in portico_job_type: a claim would write an entry
+            # into both (11% of the database's work per job); portico_job_lease holds them.
+            models.Index(fields=["queue_name", "status", "seq"], name="portico_job_queue_status",
+                         condition=NOT_RUNNING),
             # list_jobs_by_status across queues, for the statuses a job rests in when something
             # went wrong or waits on a clock. Pending, running and completed jobs are left out:
             # every claim and acknowledgement would write an entry here (7% of the database's
             # work per job); they are listed across queues through portico_job_queue_status.
             models.Index(fields=["status", "seq"], name="portico_job_status", condition=RESTING),
-            # list_jobs_by_type.
-            models.Index(fields=["job_type", "seq"], name="portico_job_type"),
-            # Rescue: running jobs whose lease ran out, without scanning the rest.
+            # list_jobs_by_type (running jobs: through portico_job_lease).
+            models.Index(fields=["job_type", "seq"], name="portico_job_type", condition=NOT_RUNNING),
+            # Rescue: running jobs whose lease ran out, without scanning the rest; and every
+            # listing of running jobs (the two indexes above leave them out).
             models.Index(
                 fields=["lease_expires_at"], name="portico_job_lease", condition=Q(status="running")
             ),

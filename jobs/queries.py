@@ -215,11 +215,23 @@ def _window_sql(f: JobFilter, statuses: list[str], low: int | None, high: int | 
     order = "ASC" if after is not None else "DESC"
     if is_postgres():
         # One bounded walk of the (queue, status, seq) index per status, merged: the newest
-        # jobs of a queue in any status without reading the queue's history.
-        sql = ("SELECT j.seq FROM unnest(%s::text[]) AS s(status) CROSS JOIN LATERAL ("
-               f"SELECT seq FROM portico_job WHERE {' AND '.join(conditions)} AND status = s.status "
-               f"ORDER BY seq {order} LIMIT %s) j ORDER BY j.seq {order} LIMIT %s")
-        return sql, [statuses, *params, limit, limit]
+        # jobs of a queue in any status without reading the queue's history. That index
+        # leaves running jobs out (the walk says so, or the planner could not use it); they
+        # come from portico_job_lease, bounded by the workers' concurrency.
+        where = " AND ".join(conditions)
+        parts, values = [], []
+        walked = [status for status in statuses if status != "running"]
+        if walked:
+            parts.append("SELECT j.seq FROM unnest(%s::text[]) AS s(status) CROSS JOIN LATERAL ("
+                         f"SELECT seq FROM portico_job WHERE {where} AND status = s.status "
+                         f"AND status <> 'running' ORDER BY seq {order} LIMIT %s) j")
+            values += [walked, *params, limit]
+        if len(walked) < len(statuses):
+            parts.append(f"(SELECT seq FROM portico_job WHERE {where} AND status = 'running' "
+                         f"ORDER BY seq {order} LIMIT %s)")
+            values += [*params, limit]
+        return (f"SELECT seq FROM ({' UNION ALL '.join(parts)}) w ORDER BY seq {order} LIMIT %s",
+                [*values, limit])
     marks = ", ".join(["%s"] * len(statuses))
     sql = (f"SELECT seq FROM portico_job WHERE {' AND '.join(conditions)} AND status IN ({marks}) "
            f"ORDER BY seq {order} LIMIT %s")

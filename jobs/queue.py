@@ -1170,7 +1170,16 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
         return await self._call(self.list_jobs_by_type_sync, job_type, limit)
 
     def list_jobs_by_type_sync(self, job_type: str, limit: int | None = None) -> list[Job]:
-        return self._list("job_type = %s", [job_type], limit)
+        if not self.is_postgres:
+            return self._list("job_type = %s", [job_type], limit)
+        # portico_job_type leaves running jobs out (jobs.models); they come from the lease
+        # index, which holds only them.
+        bound = "" if limit is None else " LIMIT %s"
+        sql = (f"SELECT {COLUMNS} FROM ((SELECT {COLUMNS} FROM portico_job WHERE job_type = %s "
+               f"AND status <> 'running' ORDER BY seq{bound}) UNION ALL (SELECT {COLUMNS} "
+               f"FROM portico_job WHERE job_type = %s AND status = 'running')) j ORDER BY seq{bound}")
+        extra = [] if limit is None else [int(limit)]
+        return self._select_jobs(sql, [job_type, *extra, job_type, *extra])
 
     # -- statistics ----------------------------------------------------------------------
 

@@ -511,16 +511,19 @@ def test_the_queue_page_filters_by_status_job_type_time_and_text(make_job, viewe
     timeout = make_job("dead_letter", queue_name="f", job_type="mail.send", error="TimeoutError: smtp 42")
     refused = make_job("failed", queue_name="f", job_type="mail.send", error="ConnectionRefused")
     report = make_job("completed", queue_name="f", job_type="report.build")
+    # Running jobs are listed from the lease index (the queue/status index leaves them out).
+    running = make_job("running", queue_name="f", job_type="mail.send")
     pending = make_job("pending", queue_name="f", job_type="mail.send")
     assert set(listed(viewer.get("/queues/f/?status=dead_letter"))) == {timeout}
-    assert set(listed(viewer.get("/queues/f/?type=mail.send"))) == {timeout, refused, pending}
+    assert set(listed(viewer.get("/queues/f/?status=running"))) == {running}
+    assert set(listed(viewer.get("/queues/f/?type=mail.send"))) == {timeout, refused, pending, running}
     assert set(listed(viewer.get("/queues/f/?q=smtp"))) == {timeout}
     assert set(listed(viewer.get("/queues/f/?q=SMTP&type=mail.send"))) == {timeout}
     assert set(listed(viewer.get(f"/queues/f/?q={report}"))) == {report}
     assert listed(viewer.get(f"/queues/f/?q={uuid4()}")) == []
-    assert set(listed(viewer.get("/queues/f/?range=15m"))) == {timeout, refused, report, pending}
+    assert set(listed(viewer.get("/queues/f/?range=15m"))) == {timeout, refused, report, pending, running}
     JobRecord.objects.filter(id__in=[timeout, refused]).update(created_at=datetime.now(UTC) - timedelta(days=2))
-    assert set(listed(viewer.get("/queues/f/?range=24h"))) == {report, pending}
+    assert set(listed(viewer.get("/queues/f/?range=24h"))) == {report, pending, running}
     yesterday = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
     assert set(listed(viewer.get(f"/queues/f/?to={yesterday}"))) == {timeout, refused}
     assert viewer.get("/queues/f/?from=garbage&status=nonsense").status_code == 200
@@ -772,11 +775,12 @@ def test_the_admin_lists_filters_and_searches_jobs_without_counting_the_whole_ta
     staff = client_for(user_in("viewer", staff=True))
     dead = make_job("dead_letter", queue_name="adm", job_type="mail.send", error="SMTPError: 550 mailbox")
     done = make_job("completed", queue_name="adm2", job_type="report.build")
-    assert {dead, done} <= set(admin_listed(staff.get("/admin/jobs/jobrecord/")))
+    running = make_job("running", queue_name="adm2", job_type="report.build")
+    assert {dead, done, running} <= set(admin_listed(staff.get("/admin/jobs/jobrecord/")))
     assert admin_listed(staff.get("/admin/jobs/jobrecord/?status__exact=dead_letter")) == [dead]
-    assert admin_listed(staff.get("/admin/jobs/jobrecord/?queue=adm2")) == [done]
+    assert admin_listed(staff.get("/admin/jobs/jobrecord/?queue=adm2")) == [running, done]
     assert admin_listed(staff.get(f"/admin/jobs/jobrecord/?q={dead}")) == [dead]
-    assert admin_listed(staff.get("/admin/jobs/jobrecord/?q=report.build")) == [done]
+    assert admin_listed(staff.get("/admin/jobs/jobrecord/?q=report.build")) == [running, done]
     assert admin_listed(staff.get("/admin/jobs/jobrecord/?q=mailbox")) == [dead]
     assert staff.get("/admin/jobs/jobrecord/add/").status_code == 403
 

@@ -109,16 +109,42 @@ def test_listing_by_status_across_queues_is_oldest_first_for_every_status(store,
             assert all(j.status is status for j in store.list_jobs_by_status_sync(status, limit))
 
 
-def test_the_status_index_leaves_out_the_statuses_every_job_passes_through(store):
-    catalog = ("SELECT indexdef FROM pg_indexes WHERE indexname = 'portico_job_status'"
+def test_listing_by_type_includes_running_jobs_oldest_first(store, job):
+    # portico_job_type leaves running jobs out; list_jobs_by_type takes them from the
+    # lease index. Same answer as a plain filter on the table, for every limit.
+    store.enqueue_many_sync([job(queue_name="ab"[i % 2], job_type=f"t{i % 3}") for i in range(40)])
+    store.acknowledge_many_sync(store.dequeue_many_sync("a", 6))
+    store.dequeue_many_sync(["a", "b"], 9)  # left running
+    for job_type in ("t0", "t1", "t2", "none"):
+        every = list(JobRecord.objects.filter(job_type=job_type).order_by("seq").values_list("id", flat=True))
+        running = JobRecord.objects.filter(job_type=job_type, status="running").count()
+        assert running or job_type == "none", "the test should leave jobs of each type running"
+        for limit in (None, 1, 5, 1000):
+            assert [j.id for j in store.list_jobs_by_type_sync(job_type, limit)] == every[:limit]
+
+
+def _index_definition(name: str) -> str:
+    catalog = ("SELECT indexdef FROM pg_indexes WHERE indexname = %s"
                if connection.vendor == "postgresql" else
-               "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'portico_job_status'")
+               "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = %s")
     with connection.cursor() as cursor:
-        cursor.execute(catalog)
+        cursor.execute(catalog, [name])
         (indexdef,) = cursor.fetchone()
+    return indexdef
+
+
+def test_the_status_index_leaves_out_the_statuses_every_job_passes_through(store):
+    indexdef = _index_definition("portico_job_status")
     assert " WHERE " in indexdef
     for status in JobStatus:
         assert (f"'{status.value}'" in indexdef) is (status.value not in BUSY_STATUSES), indexdef
+
+
+@pytest.mark.parametrize("name", ["portico_job_queue_status", "portico_job_type"])
+def test_the_listing_indexes_leave_out_running_jobs_which_the_lease_index_holds(store, name):
+    indexdef = _index_definition(name)
+    assert " WHERE " in indexdef and "'running'" in indexdef, indexdef
+    assert "'running'" in _index_definition("portico_job_lease")
 
 
 TRICKY_PAYLOADS = [
