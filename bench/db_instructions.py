@@ -8,7 +8,9 @@ it, and for the current schema and each variant asked for (one schema change on 
 the database) replays our hot statements from one connection: claim 100 jobs
 (``jobs.queue.CLAIM_ONE``, prepared, binary results), acknowledge them
 (``jobs.queue.ACKNOWLEDGE``), until ``--jobs`` jobs are done. It prints the instructions of
-that connection's backend per job. The server and its directory are removed at the end.
+that connection's backend per job; then the same for single enqueues (the product's
+prepared INSERT, one commit each, ``--jobs / 2`` of them). The server and its directory
+are removed at the end.
 
     .venv/bin/python bench/db_instructions.py [--jobs 3000] [--variant NAME ...]
 
@@ -145,6 +147,33 @@ def replay(workdir: str, name: str, ddl: list[str], jobs: int) -> float:
             admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
+def replay_single(workdir: str, jobs: int) -> float:
+    """Instructions per single enqueue: the product's prepared INSERT, one commit each."""
+    import re
+    import uuid
+
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    from jobs.queue import INSERT_ONE
+
+    # INSERT_ONE is written for libpq's numbered parameters; $8 appears twice.
+    sql = re.sub(r"\$\d+", "%s", INSERT_ONE)
+    with psycopg.connect(SERVER + " dbname=postgres", autocommit=True) as admin:
+        admin.execute("CREATE DATABASE cg_single TEMPLATE portico")
+    try:
+        conn = psycopg.connect(f"{SERVER} dbname=cg_single", autocommit=True, prepare_threshold=0)
+        pid = conn.info.backend_pid
+        for i in range(jobs):
+            conn.execute(sql, [uuid.uuid4(), "single", "bench.noop", Jsonb({"i": i}), 0, 3, 0, None,
+                               "pending", None, Jsonb({}), None], prepare=True)
+        conn.close()
+        return instructions(workdir, pid) / jobs
+    finally:
+        with psycopg.connect(SERVER + " dbname=postgres", autocommit=True) as admin:
+            admin.execute("DROP DATABASE IF EXISTS cg_single WITH (FORCE)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=3000)
@@ -172,6 +201,8 @@ def main() -> int:
         connection.close()
         base = replay(workdir, "current", [], args.jobs)
         print(f"{'current schema':32s} {base:10,.0f} instructions/job (claim + acknowledge)", flush=True)
+        single = replay_single(workdir, args.jobs // 2)
+        print(f"{'current schema':32s} {single:10,.0f} instructions/single enqueue", flush=True)
         for name in args.variant:
             value = replay(workdir, name, VARIANTS[name], args.jobs)
             print(f"{name:32s} {value:10,.0f} instructions/job ({(value - base) / base:+.1%})", flush=True)

@@ -138,3 +138,45 @@ def test_compaction_folds_the_group_rows_without_changing_any_group(queue):
     operations.act_on_jobs("requeue", ids[2:], user=None)
     rollups.compact_failure_groups(force=True)
     assert FailureDelta.objects.count() == 0  # an empty group disappears
+
+
+@pytest.mark.postgres
+def test_the_statement_triggers_keep_every_failure_group_equal_to_the_rows(queue):
+    # Batches entering and leaving failure statuses, a change of error inside a status, a
+    # retry that fails for good, discards and requeues: after each step the groups summed
+    # from the delta rows equal the groups counted from the job rows.
+    def expected() -> dict[tuple, int]:
+        found: dict[tuple, int] = {}
+        for status, queue_name, job_type, error in JobRecord.objects.filter(
+                status__in=["failed", "dead_letter"]).values_list("status", "queue_name", "job_type", "error_message"):
+            key = (status, queue_name, job_type, queries.fingerprint(error))
+            found[key] = found.get(key, 0) + 1
+        return found
+
+    def stored() -> dict[tuple, int]:
+        found: dict[tuple, int] = {}
+        for row in FailureDelta.objects.values_list("status", "queue_name", "job_type", "fingerprint", "delta"):
+            found[row[:4]] = found.get(row[:4], 0) + row[4]
+        return {key: n for key, n in found.items() if n}
+
+    def check(step: str) -> None:
+        assert stored() == expected(), step
+        assert rollups.failure_drift("failed") == [] and rollups.failure_drift("dead_letter") == [], step
+
+    queue.enqueue_many_sync([Job(id=uuid4(), queue_name="g" + str(n % 2), job_type=f"t{n % 3}",
+                                 payload={}, max_retries=n % 2) for n in range(30)])
+    claimed = queue.dequeue_many_sync(["g0", "g1"], 30)
+    queue.reject_many_sync(claimed[:20], [f"TimeoutError: after {n} s" for n in range(20)])
+    check("a batch rejected: dead letters and retries")
+    queue.reject_many_sync(claimed[20:25], ["ValueError: bad 1"] * 5, requeue=False)
+    check("a batch failed for good")
+    retried = queue.dequeue_many_sync(["g0", "g1"], 30)
+    queue.reject_many_sync(retried, [f"ConnectionError: {n}" for n in range(len(retried))])
+    check("retries dead-lettered")
+    dead = list(JobRecord.objects.filter(status="dead_letter").values_list("id", flat=True))
+    JobRecord.objects.filter(id__in=dead[:3]).update(error_message="RewrittenError: by hand")
+    check("an error changed inside a status")
+    operations.act_on_jobs("discard", dead[3:6], user=None)
+    check("dead letters discarded")
+    operations.act_on_jobs("requeue", dead[6:9], user=None)
+    check("dead letters requeued")
