@@ -120,6 +120,15 @@ def _jsonb_text_dumper() -> type:
     return JsonbText
 
 
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def _parsed(text: str) -> Any:
+    """JSON text we wrote (check_json) or PostgreSQL wrote: no whitespace around it to skip,
+    no encoding to sniff, and most often an empty object."""
+    return {} if text == "{}" else _raw_decode(text)[0]
+
+
 @functools.cache
 def _jsonb_loader() -> type:
     """jsonb in the hot statements' binary results: a version byte, then the JSON text.
@@ -130,17 +139,15 @@ def _jsonb_loader() -> type:
     """
     from psycopg import adapt, errors, pq
 
-    raw_decode = json.JSONDecoder().raw_decode
-
     class JsonbLoader(adapt.Loader):
         format = pq.Format.BINARY
 
         def load(self, data: Any) -> Any:
+            if data == b"\x01{}":  # most metadata: no copy, no decode
+                return {}
             if data[:1] != b"\x01":
                 raise errors.DataError("unknown jsonb binary format")
-            if data == b"\x01{}":
-                return {}
-            return raw_decode(bytes(data[1:]).decode())[0]
+            return _raw_decode(bytes(data[1:]).decode())[0]
 
     return JsonbLoader
 
@@ -485,8 +492,8 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
         new = object.__new__(Job)
         new.__dict__.update(
             job.__dict__,
-            payload=json.loads(payload),
-            metadata=json.loads(metadata) if job.metadata else {},
+            payload=_parsed(payload),
+            metadata=_parsed(metadata) if job.metadata else {},
             created_at=created_at,
             status=JobStatus.SCHEDULED if at else JobStatus.PENDING,
             scheduled_at=at.astimezone(UTC) if at else None,
