@@ -14,8 +14,8 @@ from portico.ports.job import Job, JobAttempt, JobStatus
 STATUS_CHOICES = [(status.value, status.value.replace("_", " ")) for status in JobStatus]
 WAITING = Q(status__in=["pending", "scheduled", "retrying"])
 # Every status but the three each job passes through (jobs.queue.BUSY_STATUSES).
-NOT_RUNNING = ~Q(status="running")
 RESTING = Q(status__in=["scheduled", "retrying", "failed", "dead_letter", "cancelled"])
+NOT_RUNNING = ~Q(status="running")
 
 
 class JobRecord(models.Model):

@@ -1155,14 +1155,16 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
 
     def list_jobs_by_status_sync(self, status: JobStatus, limit: int | None = None) -> list[Job]:
         value = JobStatus(status).value
-        if self.is_postgres and value in BUSY_STATUSES:
+        if self.is_postgres and value in BUSY_STATUSES and value != "running":
             return self._list_busy(value, limit)
+        # The other statuses through portico_job_status; running jobs (few: the workers'
+        # concurrency bounds them) through portico_job_lease, which holds exactly them.
         return self._list("status = %s", [value], limit)
 
     def _list_busy(self, status: str, limit: int | None) -> list[Job]:
-        """Pending, running or completed jobs across queues, oldest first (PostgreSQL).
+        """Pending or completed jobs across queues, oldest first (PostgreSQL).
 
-        portico_job_status leaves these three out (see jobs.models), so each known queue's
+        portico_job_status leaves these out (see jobs.models), so each known queue's
         (queue, status, seq) index is walked for at most ``limit`` rows and the walks are
         merged: O(queues x limit) at any table size.
         """
