@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PORT = 5433
@@ -111,16 +113,28 @@ def instructions(workdir: str, pid: int) -> int:
     raise RuntimeError(f"no callgrind output at {path}")
 
 
-def replay(workdir: str, name: str, ddl: list[str], jobs: int) -> float:
+@contextmanager
+def schema_copy(name: str) -> Iterator[str]:
+    """A database copied from the migrated one, dropped afterwards; yields its conninfo."""
     import psycopg
-
-    from jobs.queue import ACKNOWLEDGE, CLAIM_ONE
 
     db = "cg_" + name.replace("-", "_")
     with psycopg.connect(SERVER + " dbname=postgres", autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {db} TEMPLATE portico")
     try:
-        with psycopg.connect(f"{SERVER} dbname={db}", autocommit=True) as setup:
+        yield f"{SERVER} dbname={db}"
+    finally:
+        with psycopg.connect(SERVER + " dbname=postgres", autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def replay(workdir: str, name: str, ddl: list[str], jobs: int) -> float:
+    import psycopg
+
+    from jobs.queue import ACKNOWLEDGE, CLAIM_ONE
+
+    with schema_copy(name) as dsn:
+        with psycopg.connect(dsn, autocommit=True) as setup:
             for statement in ddl:
                 setup.execute(statement)
             setup.execute(
@@ -129,7 +143,7 @@ def replay(workdir: str, name: str, ddl: list[str], jobs: int) -> float:
                 "SELECT gen_random_uuid(), 'bench', 'bench.noop', jsonb_build_object('i', g), 0, 3, 0, "
                 "'pending', now(), '{}', now(), 0 FROM generate_series(1, %s) g", [jobs])
             setup.execute("VACUUM ANALYZE portico_job")
-        worker = psycopg.connect(f"{SERVER} dbname={db}", autocommit=True, prepare_threshold=0)
+        worker = psycopg.connect(dsn, autocommit=True, prepare_threshold=0)
         pid, done = worker.info.backend_pid, 0
         while True:
             rows = worker.execute(CLAIM_ONE, ["bench", 100, 300], prepare=True, binary=True).fetchall()
@@ -142,9 +156,6 @@ def replay(workdir: str, name: str, ddl: list[str], jobs: int) -> float:
         if done != jobs:
             raise RuntimeError(f"{name}: {done} jobs done, expected {jobs}")
         return instructions(workdir, pid) / jobs
-    finally:
-        with psycopg.connect(SERVER + " dbname=postgres", autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
 def replay_single(workdir: str, jobs: int) -> float:
@@ -159,19 +170,14 @@ def replay_single(workdir: str, jobs: int) -> float:
 
     # INSERT_ONE is written for libpq's numbered parameters; $8 appears twice.
     sql = re.sub(r"\$\d+", "%s", INSERT_ONE)
-    with psycopg.connect(SERVER + " dbname=postgres", autocommit=True) as admin:
-        admin.execute("CREATE DATABASE cg_single TEMPLATE portico")
-    try:
-        conn = psycopg.connect(f"{SERVER} dbname=cg_single", autocommit=True, prepare_threshold=0)
+    with schema_copy("single") as dsn:
+        conn = psycopg.connect(dsn, autocommit=True, prepare_threshold=0)
         pid = conn.info.backend_pid
         for i in range(jobs):
             conn.execute(sql, [uuid.uuid4(), "single", "bench.noop", Jsonb({"i": i}), 0, 3, 0, None,
                                "pending", None, Jsonb({}), None], prepare=True)
         conn.close()
         return instructions(workdir, pid) / jobs
-    finally:
-        with psycopg.connect(SERVER + " dbname=postgres", autocommit=True) as admin:
-            admin.execute("DROP DATABASE IF EXISTS cg_single WITH (FORCE)")
 
 
 def main() -> int:
