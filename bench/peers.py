@@ -383,6 +383,12 @@ def _pg_exec(db_dsn: str, *statements: str) -> list[Any]:
     return out
 
 
+def _wal_position(db_dsn: str) -> int:
+    """The server's WAL insert position in bytes. Every commit waits for the WAL it wrote to
+    reach the disk (synchronous_commit on), so WAL bytes per job is part of its cost."""
+    return int(_pg_exec(db_dsn, "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")[0][0][0])
+
+
 def _pg_poller(db_dsn: str, query: str):
     """A (remaining(), close(), backend pid) triple over one autocommit connection."""
     import psycopg
@@ -448,7 +454,8 @@ def _consume_run(
 
     With ``cpu``, also records ``cpu[workers]``: CPU microseconds per job spent by the
     worker processes (until the run is seen to end) and by the PostgreSQL server, without
-    the backend of the observer that polls ``remaining_query`` (reported as "observer").
+    the backend of the observer that polls ``remaining_query`` (reported as "observer"),
+    and the WAL the server wrote per job (the whole server's: nothing else runs).
     Wall-clock rates swing with whatever else shares the machine; CPU per job does much
     less, so it shows which side a change made cheaper.
     """
@@ -457,6 +464,7 @@ def _consume_run(
     stop = None
     try:
         procs, go, stop = start_workers(target, workers, args)
+        wal0 = _wal_position(db_dsn)
         w0, d0, o0 = sum(_cpu_ns(p.pid) for p in procs), _postgres_cpu_ns(), _cpu_ns(observer)
         t0 = time.perf_counter()
         go.set()
@@ -465,7 +473,8 @@ def _consume_run(
         if cpu is not None:
             cpu[workers] = {"workers": (w1 - w0) / 1e3 / n,
                             "database": (d1 - d0 - (o1 - o0)) / 1e3 / n,
-                            "observer": (o1 - o0) / 1e3 / n}
+                            "observer": (o1 - o0) / 1e3 / n,
+                            "wal_bytes": (_wal_position(db_dsn) - wal0) / n}
         return n / (t1 - t0)
     finally:
         stop_processes(procs, stop)

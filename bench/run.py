@@ -51,7 +51,8 @@ def _cpu_rows(w: int) -> list[tuple[str, Any, bool]]:
 
     return [(f"  CPU us/job, {w}w: workers", side("workers"), False),
             (f"  CPU us/job, {w}w: database", side("database"), False),
-            (f"  CPU us/job, {w}w: observer", side("observer"), False)]
+            (f"  CPU us/job, {w}w: observer", side("observer"), False),
+            (f"  WAL bytes/job, {w}w", side("wal_bytes"), False)]
 
 
 LATENCY_ROWS: list[tuple[str, Any, bool]] = [
