@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 
 from portico.adapters.job_queue.memory_queue import MemoryJobQueueAdapter
 from portico.exceptions import StaleClaimError
-from portico.kits.job import JobExecutor, RetryPolicy, WorkerManager
-from portico.kits.job.worker import LeasesLostError
+from portico.kits.job import JobExecutor, LeasesLostError, RetryPolicy, WorkerManager
 from portico.ports.job import Job, JobResult, JobStatus
 from portico.ports.job_handler import JobHandler
 

@@ -3,6 +3,6 @@ from __future__ import annotations
 
 from portico.kits.job.retry import RetryPolicy
 from portico.kits.job.service import JobService
-from portico.kits.job.worker import JobExecutor, WorkerManager
+from portico.kits.job.worker import JobExecutor, LeasesLostError, WorkerManager
 
-__all__ = ["JobExecutor", "JobService", "RetryPolicy", "WorkerManager"]
+__all__ = ["JobExecutor", "JobService", "LeasesLostError", "RetryPolicy", "WorkerManager"]
