@@ -180,6 +180,26 @@ def replay_single(workdir: str, jobs: int) -> float:
         return instructions(workdir, pid) / jobs
 
 
+def migrate_template() -> None:
+    """Create database ``portico`` on the scratch server with the project's migrations applied
+    (the template every replay copies)."""
+    import psycopg
+
+    with psycopg.connect(SERVER + " dbname=postgres", autocommit=True) as admin:
+        admin.execute("CREATE DATABASE portico")
+    sys.path.insert(0, REPO_ROOT)
+    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:{PORT}/portico"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portico_site.settings")
+    os.environ.setdefault("DJANGO_SECRET_KEY", "portico-benchmark-only-not-secret")
+    import django
+    from django.core.management import call_command
+    from django.db import connection
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+    connection.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=3000)
@@ -190,21 +210,7 @@ def main() -> int:
     workdir = tempfile.mkdtemp(prefix="portico-callgrind-")
     server = start_server(workdir)
     try:
-        import psycopg
-
-        with psycopg.connect(SERVER + " dbname=postgres", autocommit=True) as admin:
-            admin.execute("CREATE DATABASE portico")
-        sys.path.insert(0, REPO_ROOT)
-        os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:{PORT}/portico"
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portico_site.settings")
-        os.environ.setdefault("DJANGO_SECRET_KEY", "portico-benchmark-only-not-secret")
-        import django
-        from django.core.management import call_command
-        from django.db import connection
-
-        django.setup()
-        call_command("migrate", verbosity=0)
-        connection.close()
+        migrate_template()
         base = replay(workdir, "current", [], args.jobs)
         print(f"{'current schema':32s} {base:10,.0f} instructions/job (claim + acknowledge)", flush=True)
         single = replay_single(workdir, args.jobs // 2)

@@ -1,0 +1,129 @@
+"""Would side tables make claims and acknowledgements cheaper? The experiment, re-runnable.
+
+The idea: take ``status`` out of every index of ``portico_job`` so that claiming and
+acknowledging become HOT updates (no index entries written), keep waiting jobs in a narrow
+``portico_ready`` table claimed with ``DELETE ... RETURNING`` and running jobs with their
+leases in ``portico_running``. This builds that schema by hand on a copy of the migrated
+one, replays claims (100 jobs) and acknowledgements like ``bench/db_instructions.py`` does
+for the real statements, and prints the instructions per job of both, under callgrind on
+the same scratch server. The counter trigger stays as it is in both.
+
+    .venv/bin/python bench/side_tables.py [--jobs 3000]
+
+Two side-table designs: "ready + running" (the whole idea, fillfactor 70) and "ready only"
+(no structure for running jobs, so expired leases could not be found: a lower bound, not a
+usable design; fillfactor 50).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+
+import db_instructions as cg
+
+SCHEMA = """
+DROP INDEX portico_job_claim, portico_job_due, portico_job_queue_status, portico_job_type,
+    portico_job_status, portico_job_lease, portico_job_completed, portico_job_failure_group;
+CREATE INDEX portico_job_queue ON portico_job (queue_name, seq);
+CREATE INDEX portico_job_type ON portico_job (job_type, seq);
+ALTER TABLE portico_job SET (fillfactor = {fillfactor});
+CREATE TABLE portico_ready (seq bigint NOT NULL, queue_name text NOT NULL, priority int NOT NULL,
+    run_at timestamptz NOT NULL);
+CREATE INDEX portico_ready_claim ON portico_ready (queue_name, priority DESC, seq) INCLUDE (run_at);
+CREATE TABLE portico_running (seq bigint PRIMARY KEY, queue_name text NOT NULL,
+    lease_expires_at timestamptz NOT NULL);
+CREATE INDEX portico_running_lease ON portico_running (lease_expires_at);
+"""
+CLAIMED = (
+    "u AS (UPDATE portico_job j SET status = 'running', started_at = now(), attempt = j.attempt + 1, "
+    "lease_expires_at = now() + %s * interval '1 second' FROM d WHERE j.seq = d.seq "
+    "RETURNING j.seq, j.id, j.queue_name, j.job_type, j.payload, j.priority, j.max_retries, "
+    "j.retry_count, j.scheduled_at, j.started_at, j.completed_at, j.failed_at, j.status, "
+    "j.error_message, j.created_by, j.created_at, j.metadata, j.lease_expires_at)"
+)
+CLAIM = (
+    "WITH next AS (SELECT seq FROM portico_ready WHERE queue_name = %s AND run_at <= now() "
+    "ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED), "
+    "d AS (DELETE FROM portico_ready r USING next WHERE r.seq = next.seq RETURNING r.seq), "
+    f"{CLAIMED}{{running}} SELECT * FROM u"
+)
+CLAIM_RUNNING = (", r AS (INSERT INTO portico_running (seq, queue_name, lease_expires_at) "
+                 "SELECT seq, queue_name, lease_expires_at FROM u)")
+ACK = (
+    "WITH a AS (UPDATE portico_job j SET status = 'completed', completed_at = now(), "
+    "result_data = v.result, lease_expires_at = NULL "
+    "FROM unnest(%b::uuid[], %b::timestamptz[], %b::jsonb[]) AS v(id, started_at, result) "
+    "WHERE j.id = v.id AND j.status = 'running' "
+    "AND (v.started_at IS NULL OR j.started_at = v.started_at) RETURNING j.seq, j.id, j.completed_at)"
+    "{running} SELECT id, completed_at FROM a"
+)
+ACK_RUNNING = ", r AS (DELETE FROM portico_running x USING a WHERE x.seq = a.seq)"
+DESIGNS = {"ready + running": (70, True), "ready only": (50, False)}
+
+
+def replay_side_tables(workdir: str, name: str, fillfactor: int, running: bool, jobs: int) -> tuple[float, str]:
+    """Instructions per claimed and acknowledged job on the side-table schema; and its HOT share."""
+    import psycopg
+
+    claim = CLAIM.format(running=CLAIM_RUNNING if running else "")
+    ack = ACK.format(running=ACK_RUNNING if running else "")
+    with cg.schema_copy(name) as dsn:
+        with psycopg.connect(dsn, autocommit=True) as setup:
+            setup.execute(SCHEMA.format(fillfactor=fillfactor))
+            setup.execute(
+                "INSERT INTO portico_job (id, queue_name, job_type, payload, priority, max_retries, "
+                "retry_count, status, created_at, metadata, run_at, attempt) "
+                "SELECT gen_random_uuid(), 'bench', 'bench.noop', jsonb_build_object('i', g), 0, 3, 0, "
+                "'pending', now(), '{}', now(), 0 FROM generate_series(1, %s) g", [jobs])
+            setup.execute("INSERT INTO portico_ready SELECT seq, queue_name, priority, run_at FROM portico_job")
+            setup.execute("VACUUM ANALYZE portico_job, portico_ready")
+        worker = psycopg.connect(dsn, autocommit=True, prepare_threshold=0)
+        pid, done = worker.info.backend_pid, 0
+        while True:
+            rows = worker.execute(claim, ["bench", 100, 300], prepare=True, binary=True).fetchall()
+            if not rows:
+                break
+            acked = worker.execute(ack, [[r[1] for r in rows], [r[9] for r in rows], ["{}"] * len(rows)],
+                                   prepare=True, binary=True).fetchall()
+            if len(acked) != len(rows):
+                raise RuntimeError(f"{name}: acknowledged {len(acked)} of {len(rows)}")
+            done += len(rows)
+        worker.close()
+        if done != jobs:
+            raise RuntimeError(f"{name}: {done} jobs done, expected {jobs}")
+        with psycopg.connect(dsn, autocommit=True) as check:
+            check.execute("SELECT pg_stat_force_next_flush()")
+            updates, hot = check.execute("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                                         "WHERE relname = 'portico_job'").fetchone()
+        return cg.instructions(workdir, pid) / jobs, f"{hot:,} of {updates:,} updates HOT"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=3000)
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is missing (Debian: apt-get install -y valgrind)")
+    workdir = tempfile.mkdtemp(prefix="portico-callgrind-")
+    server = cg.start_server(workdir)
+    try:
+        cg.migrate_template()
+        base = cg.replay(workdir, "current", [], args.jobs)
+        print(f"{'current schema':32s} {base:10,.0f} instructions/job (claim + acknowledge)", flush=True)
+        for name, (fillfactor, running) in DESIGNS.items():
+            value, hot = replay_side_tables(workdir, name.replace(" + ", "_").replace(" ", "_"),
+                                            fillfactor, running, args.jobs)
+            print(f"{name:32s} {value:10,.0f} instructions/job ({(value - base) / base:+.1%}; {hot})",
+                  flush=True)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(60)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
