@@ -200,28 +200,41 @@ def migrate_template() -> None:
     connection.close()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=3000)
-    parser.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS))
-    args = parser.parse_args()
+@contextmanager
+def callgrind_server() -> Iterator[str]:
+    """The scratch server under callgrind with the migrated template; yields its work directory."""
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is missing (Debian: apt-get install -y valgrind)")
     workdir = tempfile.mkdtemp(prefix="portico-callgrind-")
     server = start_server(workdir)
     try:
         migrate_template()
-        base = replay(workdir, "current", [], args.jobs)
-        print(f"{'current schema':32s} {base:10,.0f} instructions/job (claim + acknowledge)", flush=True)
+        yield workdir
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(60)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def current_schema(workdir: str, jobs: int) -> float:
+    """Replay on the migrated schema as it is, print and return its instructions per job."""
+    base = replay(workdir, "current", [], jobs)
+    print(f"{'current schema':32s} {base:10,.0f} instructions/job (claim + acknowledge)", flush=True)
+    return base
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=3000)
+    parser.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS))
+    args = parser.parse_args()
+    with callgrind_server() as workdir:
+        base = current_schema(workdir, args.jobs)
         single = replay_single(workdir, args.jobs // 2)
         print(f"{'current schema':32s} {single:10,.0f} instructions/single enqueue", flush=True)
         for name in args.variant:
             value = replay(workdir, name, VARIANTS[name], args.jobs)
             print(f"{name:32s} {value:10,.0f} instructions/job ({(value - base) / base:+.1%})", flush=True)
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(60)
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -17,10 +17,6 @@ usable design; fillfactor 50).
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import sys
-import tempfile
 
 import db_instructions as cg
 
@@ -105,23 +101,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=3000)
     args = parser.parse_args()
-    if shutil.which("valgrind") is None:
-        sys.exit("valgrind is missing (Debian: apt-get install -y valgrind)")
-    workdir = tempfile.mkdtemp(prefix="portico-callgrind-")
-    server = cg.start_server(workdir)
-    try:
-        cg.migrate_template()
-        base = cg.replay(workdir, "current", [], args.jobs)
-        print(f"{'current schema':32s} {base:10,.0f} instructions/job (claim + acknowledge)", flush=True)
+    with cg.callgrind_server() as workdir:
+        base = cg.current_schema(workdir, args.jobs)
         for name, (fillfactor, running) in DESIGNS.items():
             value, hot = replay_side_tables(workdir, name.replace(" + ", "_").replace(" ", "_"),
                                             fillfactor, running, args.jobs)
             print(f"{name:32s} {value:10,.0f} instructions/job ({(value - base) / base:+.1%}; {hot})",
                   flush=True)
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(60)
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
