@@ -128,33 +128,51 @@ def schema_copy(name: str) -> Iterator[str]:
             admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
-def replay(workdir: str, name: str, ddl: list[str], jobs: int) -> float:
+# The replays' backlog: `jobs` pending jobs on queue "bench".
+FILL = ("INSERT INTO portico_job (id, queue_name, job_type, payload, priority, max_retries, "
+        "retry_count, status, created_at, metadata, run_at, attempt) "
+        "SELECT gen_random_uuid(), 'bench', 'bench.noop', jsonb_build_object('i', g), 0, 3, 0, "
+        "'pending', now(), '{}', now(), 0 FROM generate_series(1, %s) g")
+
+
+def drain(dsn: str, name: str, jobs: int, claim: str | None = None, acknowledge: str | None = None) -> int:
+    """Claim 100 jobs and acknowledge them, on one connection, until none is left.
+
+    ``claim`` and ``acknowledge`` default to the product's statements; they take the same
+    parameters. Checks that all ``jobs`` were acknowledged; returns the backend's pid.
+    """
     import psycopg
 
     from jobs.queue import ACKNOWLEDGE, CLAIM_ONE
+
+    worker = psycopg.connect(dsn, autocommit=True, prepare_threshold=0)
+    pid, done = worker.info.backend_pid, 0
+    while True:
+        rows = worker.execute(claim or CLAIM_ONE, ["bench", 100, 300], prepare=True, binary=True).fetchall()
+        if not rows:
+            break
+        acked = worker.execute(acknowledge or ACKNOWLEDGE,
+                               [[r[1] for r in rows], [r[9] for r in rows], ["{}"] * len(rows)],
+                               prepare=True, binary=True).fetchall()
+        if len(acked) != len(rows):
+            raise RuntimeError(f"{name}: acknowledged {len(acked)} of {len(rows)}")
+        done += len(rows)
+    worker.close()
+    if done != jobs:
+        raise RuntimeError(f"{name}: {done} jobs done, expected {jobs}")
+    return pid
+
+
+def replay(workdir: str, name: str, ddl: list[str], jobs: int) -> float:
+    import psycopg
 
     with schema_copy(name) as dsn:
         with psycopg.connect(dsn, autocommit=True) as setup:
             for statement in ddl:
                 setup.execute(statement)
-            setup.execute(
-                "INSERT INTO portico_job (id, queue_name, job_type, payload, priority, max_retries, "
-                "retry_count, status, created_at, metadata, run_at, attempt) "
-                "SELECT gen_random_uuid(), 'bench', 'bench.noop', jsonb_build_object('i', g), 0, 3, 0, "
-                "'pending', now(), '{}', now(), 0 FROM generate_series(1, %s) g", [jobs])
+            setup.execute(FILL, [jobs])
             setup.execute("VACUUM ANALYZE portico_job")
-        worker = psycopg.connect(dsn, autocommit=True, prepare_threshold=0)
-        pid, done = worker.info.backend_pid, 0
-        while True:
-            rows = worker.execute(CLAIM_ONE, ["bench", 100, 300], prepare=True, binary=True).fetchall()
-            if not rows:
-                break
-            worker.execute(ACKNOWLEDGE, [[r[1] for r in rows], [r[9] for r in rows], ["{}"] * len(rows)],
-                           prepare=True, binary=True).fetchall()
-            done += len(rows)
-        worker.close()
-        if done != jobs:
-            raise RuntimeError(f"{name}: {done} jobs done, expected {jobs}")
+        pid = drain(dsn, name, jobs)
         return instructions(workdir, pid) / jobs
 
 

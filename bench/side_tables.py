@@ -69,32 +69,15 @@ def replay_side_tables(workdir: str, name: str, fillfactor: int, running: bool, 
     with cg.schema_copy(name) as dsn:
         with psycopg.connect(dsn, autocommit=True) as setup:
             setup.execute(SCHEMA.format(fillfactor=fillfactor))
-            setup.execute(
-                "INSERT INTO portico_job (id, queue_name, job_type, payload, priority, max_retries, "
-                "retry_count, status, created_at, metadata, run_at, attempt) "
-                "SELECT gen_random_uuid(), 'bench', 'bench.noop', jsonb_build_object('i', g), 0, 3, 0, "
-                "'pending', now(), '{}', now(), 0 FROM generate_series(1, %s) g", [jobs])
+            setup.execute(cg.FILL, [jobs])
             setup.execute("INSERT INTO portico_ready SELECT seq, queue_name, priority, run_at FROM portico_job")
             setup.execute("VACUUM ANALYZE portico_job, portico_ready")
-        worker = psycopg.connect(dsn, autocommit=True, prepare_threshold=0)
-        pid, done = worker.info.backend_pid, 0
-        while True:
-            rows = worker.execute(claim, ["bench", 100, 300], prepare=True, binary=True).fetchall()
-            if not rows:
-                break
-            acked = worker.execute(ack, [[r[1] for r in rows], [r[9] for r in rows], ["{}"] * len(rows)],
-                                   prepare=True, binary=True).fetchall()
-            if len(acked) != len(rows):
-                raise RuntimeError(f"{name}: acknowledged {len(acked)} of {len(rows)}")
-            done += len(rows)
-        worker.close()
-        if done != jobs:
-            raise RuntimeError(f"{name}: {done} jobs done, expected {jobs}")
+        pid = cg.drain(dsn, name, jobs, claim, ack)
+        per_job = cg.instructions(workdir, pid) / jobs  # waits for the backend's exit, and its statistics
         with psycopg.connect(dsn, autocommit=True) as check:
-            check.execute("SELECT pg_stat_force_next_flush()")
             updates, hot = check.execute("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
                                          "WHERE relname = 'portico_job'").fetchone()
-        return cg.instructions(workdir, pid) / jobs, f"{hot:,} of {updates:,} updates HOT"
+        return per_job, f"{hot:,} of {updates:,} updates HOT"
 
 
 def main() -> int:
