@@ -33,18 +33,14 @@ CREATE TABLE portico_running (seq bigint PRIMARY KEY, queue_name text NOT NULL,
     lease_expires_at timestamptz NOT NULL);
 CREATE INDEX portico_running_lease ON portico_running (lease_expires_at);
 """
-CLAIMED = (
-    "u AS (UPDATE portico_job j SET status = 'running', started_at = now(), attempt = j.attempt + 1, "
-    "lease_expires_at = now() + %s * interval '1 second' FROM d WHERE j.seq = d.seq "
-    "RETURNING j.seq, j.id, j.queue_name, j.job_type, j.payload, j.priority, j.max_retries, "
-    "j.retry_count, j.scheduled_at, j.started_at, j.completed_at, j.failed_at, j.status, "
-    "j.error_message, j.created_by, j.created_at, j.metadata, j.lease_expires_at)"
-)
+# The claim's UPDATE returns the product's claim columns (jobs.queue.J_COLUMNS) and the lease.
 CLAIM = (
     "WITH next AS (SELECT seq FROM portico_ready WHERE queue_name = %s AND run_at <= now() "
     "ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED), "
     "d AS (DELETE FROM portico_ready r USING next WHERE r.seq = next.seq RETURNING r.seq), "
-    f"{CLAIMED}{{running}} SELECT * FROM u"
+    "u AS (UPDATE portico_job j SET status = 'running', started_at = now(), attempt = j.attempt + 1, "
+    "lease_expires_at = now() + %s * interval '1 second' FROM d WHERE j.seq = d.seq "
+    "RETURNING {columns}, j.lease_expires_at){running} SELECT * FROM u"
 )
 CLAIM_RUNNING = (", r AS (INSERT INTO portico_running (seq, queue_name, lease_expires_at) "
                  "SELECT seq, queue_name, lease_expires_at FROM u)")
@@ -64,7 +60,9 @@ def replay_side_tables(workdir: str, name: str, fillfactor: int, running: bool, 
     """Instructions per claimed and acknowledged job on the side-table schema; and its HOT share."""
     import psycopg
 
-    claim = CLAIM.format(running=CLAIM_RUNNING if running else "")
+    from jobs.queue import J_COLUMNS
+
+    claim = CLAIM.format(columns=J_COLUMNS, running=CLAIM_RUNNING if running else "")
     ack = ACK.format(running=ACK_RUNNING if running else "")
     with cg.schema_copy(name) as dsn:
         with psycopg.connect(dsn, autocommit=True) as setup:
