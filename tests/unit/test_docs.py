@@ -12,13 +12,13 @@ SETTINGS = ROOT / "portico_site" / "settings.py"
 # Where an environment variable may be documented.
 VARIABLE_PAGES = ("configuration.md", "deploying.md")
 
-FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.S | re.M)
+FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.DOTALL | re.MULTILINE)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]*)(?:\s+\"[^\"]*\")?\)")
 AUTOLINK = re.compile(r"<([a-zA-Z][a-zA-Z0-9+.-]*:[^>\s]*)>")
 SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:|^//")
-BARE_URL = re.compile(r"https?://", re.I)
-HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$", re.M)
+BARE_URL = re.compile(r"https?://", re.IGNORECASE)
+HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
 CODE_NAME = re.compile(r"\b[A-Z][A-Z0-9_]*[A-Z0-9]\b")
 SHELL_READ = re.compile(r"\$\{([A-Z][A-Z0-9_]*)(?=[:}=+?-])|\$([A-Z][A-Z0-9_]*)\b")
 
@@ -108,7 +108,7 @@ def _reads_environment(node: ast.AST) -> str | None:
         return node.slice.value
     if (isinstance(node, ast.Compare) and isinstance(node.left, ast.Constant)
             and isinstance(node.left.value, str) and len(node.ops) == 1
-            and isinstance(node.ops[0], ast.In | ast.NotIn)
+            and isinstance(node.ops[0], ast.In)
             and ast.unparse(node.comparators[0]) in ("os.environ", "environ")):
         return node.left.value
     return None
