@@ -114,17 +114,28 @@ def _reads_environment(node: ast.AST) -> str | None:
     return None
 
 
-def _touches_environment(function: ast.FunctionDef) -> bool:
-    return any(re.match(r"(os\.)?(environ|getenv)\b", ast.unparse(node))
-               for node in ast.walk(function) if isinstance(node, ast.Attribute | ast.Name))
+def _reads_environment_by_parameter(function: ast.FunctionDef) -> bool:
+    """True for a helper like ``_env_flag(name)``: it reads the variable its first parameter names."""
+    if not function.args.args:
+        return False
+    parameter = function.args.args[0].arg
+    for node in ast.walk(function):
+        if (isinstance(node, ast.Call)
+                and ast.unparse(node.func) in ("os.environ.get", "os.getenv", "getenv", "environ.get")
+                and node.args and ast.unparse(node.args[0]) == parameter):
+            return True
+        if (isinstance(node, ast.Subscript) and ast.unparse(node.value) in ("os.environ", "environ")
+                and ast.unparse(node.slice) == parameter):
+            return True
+    return False
 
 
 def python_variables(path: Path) -> set[str]:
     """Every environment variable a module reads, directly or through a helper of its own
-    (a module-level function that reads the environment, called with the name first)."""
+    (a module-level function reading the variable its first parameter names)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     helpers = {node.name for node in tree.body
-               if isinstance(node, ast.FunctionDef) and _touches_environment(node)}
+               if isinstance(node, ast.FunctionDef) and _reads_environment_by_parameter(node)}
     names: set[str] = set()
     for node in ast.walk(tree):
         name = _reads_environment(node)
@@ -147,14 +158,20 @@ def shell_variables(path: Path) -> set[str]:
     return names - {"BASH_SOURCE", "SECONDS", "LINENO", "RANDOM", "PWD", "HOME", "PATH"}
 
 
+def python_files() -> list[Path]:
+    """The repository's own Python files (no virtual environments, caches or collected files)."""
+    skipped = {".venv", "staticfiles", "node_modules", "__pycache__"}
+    return sorted(path for path in ROOT.rglob("*.py")
+                  if not skipped & set(path.relative_to(ROOT).parts)
+                  and not any(part.startswith(".") for part in path.relative_to(ROOT).parts))
+
+
 def read_variables() -> dict[str, set[str]]:
-    """Environment variables by the file that reads them."""
-    found = {"portico_site/settings.py": python_variables(SETTINGS)}
-    gunicorn_conf = ROOT / "gunicorn.conf.py"
-    if gunicorn_conf.exists():
-        found["gunicorn.conf.py"] = python_variables(gunicorn_conf)
-    for script in sorted((ROOT / "scripts").glob("*.sh")):
-        found[f"scripts/{script.name}"] = shell_variables(script)
+    """Environment variables by the file that reads them: settings.py and gunicorn.conf.py
+    first among every Python file, the shell scripts, and the Procfile."""
+    found = {str(path.relative_to(ROOT)): python_variables(path) for path in python_files()}
+    for script in sorted([*(ROOT / "scripts").glob("*.sh"), *(ROOT / "bench").glob("*.sh")]):
+        found[str(script.relative_to(ROOT))] = shell_variables(script)
     procfile = ROOT / "Procfile"
     if procfile.exists():
         found["Procfile"] = shell_variables(procfile)
@@ -231,6 +248,7 @@ def test_every_environment_variable_the_code_reads_is_documented():
     assert {"DATABASE_URL", "DJANGO_SECRET_KEY", "DJANGO_DEBUG", "DJANGO_ALLOWED_HOSTS"} <= (
         found["portico_site/settings.py"])
     assert "PORT" in found["scripts/run.sh"]
+    assert "PORTICO_TEST_DATABASE_URL" in found["tests/integration/conftest.py"]
     documented = documented_variables()
     missing = {f"{name} (read in {where})" for where, names in found.items()
                for name in names if name not in documented}
