@@ -32,6 +32,11 @@ def prose(text: str) -> str:
     return INLINE_CODE.sub("", FENCE.sub("", text))
 
 
+def prose_with_code(text: str) -> str:
+    """The text outside fenced code blocks, inline code spans kept."""
+    return FENCE.sub("", text)
+
+
 def code(text: str) -> str:
     """Everything inside fenced code blocks and inline code spans."""
     blocks = [m.group(0) for m in FENCE.finditer(text)]
@@ -292,6 +297,22 @@ def test_every_docs_page_is_linked_from_the_readme():
     unlinked = [page.name for page in DOCS.glob("*.md") if page.resolve() not in linked]
     assert list(DOCS.glob("*.md")), "docs/ has no pages"
     assert not unlinked, f"docs pages the README does not link: {unlinked}"
+
+
+def test_the_architecture_layout_names_every_module_and_package_of_the_tree():
+    spans = {span.strip("`") for span in INLINE_CODE.findall(prose_with_code((DOCS / "architecture.md").read_text()))}
+    required = []
+    for top in ("portico", "jobs"):
+        for entry in sorted((ROOT / top).iterdir()):
+            if entry.name.startswith(("_", ".")) or entry.suffix not in ("", ".py"):
+                continue
+            required.append(f"{top}/{entry.name}" + ("/" if entry.is_dir() else ""))
+    tracked_dirs = ("portico_site", "templates", "static", "tests", "deploy", "bench", "scripts")
+    required += [f"{name}/" for name in tracked_dirs if (ROOT / name).is_dir()]
+    missing = [path for path in required
+               if not any(span == path or (path.endswith("/") and span.startswith(path)) for span in spans)]
+    assert "jobs/queue.py" in required and "jobs/views/" in required
+    assert not missing, f"docs/architecture.md's layout does not name: {missing}"
 
 
 def test_no_benchmark_figures_outside_bench_results():
