@@ -120,7 +120,7 @@ def _reads_environment(node: ast.AST) -> str | None:
 
 
 def _reads_environment_by_parameter(function: ast.FunctionDef) -> bool:
-    """True for a helper like ``_env_flag(name)``: it reads the variable its first parameter names."""
+    """True for a helper like ``_env_flag(name)``: reads the variable its first parameter names."""
     if not function.args.args:
         return False
     parameter = function.args.args[0].arg
@@ -300,7 +300,8 @@ def test_every_docs_page_is_linked_from_the_readme():
 
 
 def test_the_architecture_layout_names_every_module_and_package_of_the_tree():
-    spans = {span.strip("`") for span in INLINE_CODE.findall(prose_with_code((DOCS / "architecture.md").read_text()))}
+    layout = prose_with_code((DOCS / "architecture.md").read_text())
+    spans = {span.strip("`") for span in INLINE_CODE.findall(layout)}
     required = []
     for top in ("portico", "jobs"):
         for entry in sorted((ROOT / top).iterdir()):
@@ -309,8 +310,10 @@ def test_the_architecture_layout_names_every_module_and_package_of_the_tree():
             required.append(f"{top}/{entry.name}" + ("/" if entry.is_dir() else ""))
     tracked_dirs = ("portico_site", "templates", "static", "tests", "deploy", "bench", "scripts")
     required += [f"{name}/" for name in tracked_dirs if (ROOT / name).is_dir()]
-    missing = [path for path in required
-               if not any(span == path or (path.endswith("/") and span.startswith(path)) for span in spans)]
+    def named(path: str) -> bool:
+        return any(span == path or (path.endswith("/") and span.startswith(path)) for span in spans)
+
+    missing = [path for path in required if not named(path)]
     assert "jobs/queue.py" in required and "jobs/views/" in required
     assert not missing, f"docs/architecture.md's layout does not name: {missing}"
 
