@@ -291,6 +291,12 @@ def test_every_relative_link_and_anchor_resolves_and_none_leaves_the_repository(
     assert sum(len(links(page.read_text())) for page in pages()) > 20
 
 
+def test_the_readme_stays_a_first_page_with_the_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 160, "the reference belongs in docs/, not the README"
+    assert "```\nmake run\nmake test\n```" in readme
+
+
 def test_every_docs_page_is_linked_from_the_readme():
     readme = ROOT / "README.md"
     linked = {(ROOT / target.partition("#")[0]).resolve() for target in links(readme.read_text())}
