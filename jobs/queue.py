@@ -45,7 +45,7 @@ J_COLUMNS = ", ".join("j." + c.strip() for c in COLUMNS.split(","))
 WAITING_SQL = "(" + ", ".join(f"'{status}'" for status in WAITING_VALUES) + ")"
 # The statuses every job passes through, which the portico_job_status index leaves out (its
 # condition in jobs.models lists the others): listed across queues per queue instead.
-BUSY_STATUSES = ("pending", "running", "completed")
+BUSY_STATUSES = tuple(s.value for s in (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.COMPLETED))
 # The hot statements on PostgreSQL: a claim from one queue, a claim across several (best
 # per queue through each queue's index, then best across them), and an acknowledgement.
 _CLAIMED = (
