@@ -232,8 +232,9 @@ class AuditEntry(models.Model):
 class QueueSample(models.Model):
     """A queue's lifetime totals at the start of a minute: the overview's last-hour sparklines.
 
-    The dashboard writes the first sample of each minute it is open; the difference between
-    consecutive samples is that minute's throughput, read without touching the job table.
+    The maintenance (jobs.maintenance, "samples") writes the first sample of each minute; the
+    difference between consecutive samples is that minute's throughput, read without
+    touching the job table.
     """
 
     queue_name = models.CharField(max_length=200)
