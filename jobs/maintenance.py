@@ -113,7 +113,7 @@ TASKS: dict[str, Task] = {task.name: task for task in (
     Task("prune", "PORTICO_PRUNE_INTERVAL", prune),
     Task("compact", "PORTICO_COMPACT_INTERVAL", compact),
     # Both rewrite the failure groups' rows: they take turns.
-    Task("failure_groups", "PORTICO_HEAL_INTERVAL", heal_failure_groups, lock="compact"),
+    Task("heal", "PORTICO_HEAL_INTERVAL", heal_failure_groups, lock="compact"),
     Task("samples", "PORTICO_SAMPLE_INTERVAL", record_samples),
 )}
 

@@ -39,7 +39,7 @@ def compact_counters() -> None:
 @shared_task(name=dispatch.HEAL_FAILURE_GROUPS)
 def heal_failure_groups() -> None:
     """Rebuild the failure groups of queues whose groups no longer add up to their counts."""
-    maintenance.run("failure_groups")
+    maintenance.run("heal")
 
 
 @shared_task(name=dispatch.RECORD_SAMPLES)

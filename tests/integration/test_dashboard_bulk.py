@@ -122,7 +122,7 @@ def test_failure_groups_that_drifted_from_the_counts_are_rebuilt_by_the_maintena
     assert "ghost" in viewer.get("/dead-letter/").content.decode()  # the page reads what is there
     assert sorted(maintenance.failure_drift("dead_letter")) == ["drift", "ghost"]
 
-    assert maintenance.run("failure_groups") is True
+    assert maintenance.run("heal") is True
     assert maintenance.failure_drift("dead_letter") == []
     html = viewer.get("/dead-letter/").content.decode()
     assert "E: &lt;n&gt;" in html and "ghost" not in html

@@ -90,7 +90,7 @@ def test_the_built_in_worker_has_a_timer_for_every_maintenance_task(settings):
     settings.PORTICO_SAMPLE_INTERVAL = 0
     worker = Worker(["default"], handlers={})
     timers = {name: interval for name, interval, _ in worker.maintenance}
-    assert set(timers) == set(maintenance.TASKS) == {"rescue", "prune", "compact", "failure_groups", "samples"}
+    assert set(timers) == set(maintenance.TASKS) == {"rescue", "prune", "compact", "heal", "samples"}
     assert timers["samples"] == 0  # off: the worker starts no timer for it
     assert timers["compact"] == float(setting("PORTICO_COMPACT_INTERVAL"))
 
@@ -127,7 +127,7 @@ def test_a_task_another_process_is_running_is_skipped_not_run_twice(empty_store)
         other.execute("SELECT pg_advisory_lock(hashtext('portico_maintenance:compact'))")
         assert maintenance.run("compact") is False
         # The failure-group rebuild takes turns with compaction: both rewrite the group rows.
-        assert maintenance.run("failure_groups") is False
+        assert maintenance.run("heal") is False
         assert maintenance.run("samples") is True
         other.execute("SELECT pg_advisory_unlock(hashtext('portico_maintenance:compact'))")
         assert maintenance.run("compact") is True
