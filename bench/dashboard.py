@@ -81,7 +81,7 @@ def load_jobs(total: int) -> float:
     """Insert the jobs with the triggers off, then rebuild what the triggers would have kept."""
     from django.db import connection
 
-    from jobs import rollups
+    from jobs import maintenance
     from jobs.queue import DatabaseJobQueueAdapter
 
     began = time.perf_counter()
@@ -96,17 +96,17 @@ def load_jobs(total: int) -> float:
     queue.fix_counter_drift_sync()
     queue.compact_counters_sync()
     for status in ("dead_letter", "failed"):
-        rollups.rebuild_failure_groups(status)
+        maintenance.rebuild_failure_groups(status)
     return time.perf_counter() - began
 
 
 def drift() -> dict[str, Any]:
     """Every difference between the job rows and the counters or failure groups kept beside them."""
-    from jobs import rollups
+    from jobs import maintenance
     from jobs.queue import DatabaseJobQueueAdapter
 
     counters = DatabaseJobQueueAdapter().counter_drift_sync()
-    groups = {status: rollups.failure_drift(status) for status in ("dead_letter", "failed")}
+    groups = {status: maintenance.failure_drift(status) for status in ("dead_letter", "failed")}
     return {
         "counters": {f"{queue}/{status}": pair for (queue, status), pair in counters.items()},
         "failure_groups": {status: queues for status, queues in groups.items() if queues},

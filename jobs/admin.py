@@ -131,7 +131,7 @@ class JobRecordAdmin(admin.ModelAdmin):
             return
         outcome = operations.act_on_jobs(action, ids, user=request.user, source="admin")
         if outcome.changed:
-            self.message_user(request, f"{action.capitalize()}d {len(outcome.changed)} job(s).",
+            self.message_user(request, f"{operations.past_tense(action).capitalize()} {len(outcome.changed)} job(s).",
                               messages.SUCCESS)
         if outcome.refused:
             first = next(iter(outcome.refused.values()))

@@ -11,4 +11,8 @@ class JobsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from jobs import checks  # noqa: F401 - registers the system checks
+        from django.core.checks import Tags, register
+
+        from jobs.checks import check_metrics_token
+
+        register(check_metrics_token, Tags.security, deploy=True)

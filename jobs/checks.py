@@ -1,14 +1,16 @@
-"""System checks of the jobs app (``manage.py check``; ``--deploy`` for the production ones)."""
+"""System checks of the jobs app (``manage.py check``; ``--deploy`` for the production ones).
+
+Registered in JobsConfig.ready().
+"""
 from __future__ import annotations
 
 from typing import Any
 
-from django.core.checks import Tags, Warning, register
+from django.core.checks import Warning
 
 from jobs.conf import setting
 
 
-@register(Tags.security, deploy=True)
 def check_metrics_token(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     if setting("PORTICO_METRICS_TOKEN"):
         return []

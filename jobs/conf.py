@@ -52,6 +52,11 @@ DEFAULTS: dict[str, Any] = {
     # between foldings of the counter table (by beat, or by the built-in worker).
     "PORTICO_SWEEP_INTERVAL": 0.5,
     "PORTICO_COMPACT_INTERVAL": 10.0,
+    # Seconds between the maintenance's checks that the failure groups add up to the counts
+    # (a rebuild, which pauses job writes briefly, only when they do not), and between its
+    # looks at whether this minute's throughput sample is taken yet. 0 turns one off.
+    "PORTICO_HEAL_INTERVAL": 60.0,
+    "PORTICO_SAMPLE_INTERVAL": 5.0,
     # The dashboard and admin mask the value of every key (at any depth of a payload,
     # metadata or result) whose name contains one of these, ignoring case.
     "PORTICO_REDACT_KEYS": ["password", "token", "secret", "authorization"],

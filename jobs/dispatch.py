@@ -38,6 +38,8 @@ SWEEP = "portico.sweep"
 RESCUE = "portico.rescue"
 PRUNE = "portico.prune"
 COMPACT_COUNTERS = "portico.compact_counters"
+HEAL_FAILURE_GROUPS = "portico.heal_failure_groups"
+RECORD_SAMPLES = "portico.record_samples"
 # Sweep, rescue, prune and the like: some worker must consume this queue.
 MAINTENANCE_QUEUE = "portico.maintenance"
 
@@ -90,7 +92,7 @@ def ring(queue_names: Iterable[str]) -> None:
             producer.connection.ensure_connection(max_retries=0)
             for name in names:
                 current_app.send_task(RUN_QUEUE, args=[name], retry=False, producer=producer)
-    except Exception:  # noqa: BLE001 - the sweep is the retry
+    except Exception:  # the sweep is the retry
         log.warning("could not ring the doorbell of %s; the sweep will ring for them",
                     ", ".join(names), exc_info=True)
 
@@ -108,7 +110,7 @@ def ring_where_silent(queue_names: Iterable[str]) -> list[str]:
     try:
         with current_app.pool.acquire(block=True) as connection:
             silent = [name for name in names if _waiting_doorbells(connection, name) == 0]
-    except Exception:  # noqa: BLE001 - when in doubt, ring: a spare doorbell costs one query
+    except Exception:  # when in doubt, ring: a spare doorbell costs one query
         log.warning("could not count the waiting doorbells; ringing anyway", exc_info=True)
         silent = names
     ring(silent)
@@ -149,8 +151,9 @@ class QueueRunner:
     """
 
     def __init__(self) -> None:
-        # Two threads: the next claim is made while the last outcomes are being written.
-        self.queue = DatabaseJobQueueAdapter(threads=2)
+        # The process's adapter: its threads make the next claim while the last outcomes
+        # are being written.
+        self.queue = job_queue()
         self.turns = Turns()
         handlers = [TakingTurns(handler, self.turns) for handler in get_handlers().values()]
         self.executor = JobExecutor(
@@ -213,7 +216,7 @@ class QueueRunner:
     async def _execute(self, job: Job) -> None:
         try:
             await self.executor.execute(job)
-        except Exception:  # noqa: BLE001 - recording failed; the lease brings the job back
+        except Exception:  # recording failed; the lease brings the job back
             log.exception("recording the outcome of job %s failed", job.id)
         finally:
             self.turns.end(job)
@@ -343,7 +346,7 @@ class ClaimKeeper(threading.Thread):
             time.sleep(KEEPER_TICK)
             try:
                 self._tick()
-            except Exception:  # noqa: BLE001 - a store outage: the leases say what happens next
+            except Exception:  # a store outage: the leases say what happens next
                 log.exception("keeping the claims of this worker process failed")
             finally:
                 close_old_connections()

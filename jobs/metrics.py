@@ -1,7 +1,6 @@
 """The Prometheus collector and its view: queue health from the store's maintained counts."""
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -21,8 +20,11 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from jobs import services
 from jobs.conf import setting
 from jobs.queue import DatabaseJobQueueAdapter
+from jobs.views.access import bearer_token, token_matches
+from portico.ports.job import STATUS_VALUES, failure_rate
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 )
 
-STATUSES = ("pending", "scheduled", "running", "completed", "failed", "retrying", "dead_letter")
+STATUSES = STATUS_VALUES
 # Family (without _total) -> the lifetime total in the counter table it exports.
 TOTALS = {
     "portico_jobs_enqueued": "enqueued_total",
@@ -84,10 +86,8 @@ def read_snapshot(job_queue: DatabaseJobQueueAdapter) -> Snapshot:
 
 
 def failure_ratio(counts: dict[str, int]) -> float:
-    """The seed's formula: (failed + dead letter) / (completed + failed + dead letter)."""
-    failed = counts.get("failed", 0) + counts.get("dead_letter", 0)
-    processed = counts.get("completed", 0) + failed
-    return failed / processed if processed > 0 else 0.0
+    """QueueStats.failure_rate of one queue's counters."""
+    return failure_rate(counts.get("completed", 0), counts.get("failed", 0), counts.get("dead_letter", 0))
 
 
 def histogram_buckets(counts: dict[str, int], prefix: str) -> tuple[list[tuple[str, float]], float]:
@@ -214,14 +214,10 @@ class PorticoCollector(Collector):
     """
 
     def __init__(self, job_queue: Callable[[], DatabaseJobQueueAdapter] | None = None) -> None:
-        self._job_queue = job_queue
-        self._adapter: DatabaseJobQueueAdapter | None = None
+        self._job_queue = job_queue or services.job_queue
 
     def adapter(self) -> DatabaseJobQueueAdapter:
-        # One adapter for the process, so counter compaction on reads stays at most 1/s.
-        if self._adapter is None:
-            self._adapter = (self._job_queue or DatabaseJobQueueAdapter)()
-        return self._adapter
+        return self._job_queue()
 
     def describe(self) -> list[Metric]:
         return []  # nothing to check at registration; no store read before the first scrape
@@ -248,9 +244,7 @@ def _authorized(request: HttpRequest) -> bool:
     expected = setting("PORTICO_METRICS_TOKEN")
     if not expected:
         return True
-    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
-    # Constant time, over bytes (compare_digest refuses non-ASCII str).
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), str(expected).encode())
+    return token_matches(bearer_token(request), expected)
 
 
 @require_safe

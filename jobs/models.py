@@ -1,20 +1,22 @@
-"""The job store: the job table, each job's past attempts, and the maintained counters."""
-from __future__ import annotations
+"""The job store: the job table, each job's past attempts, and the maintained counters.
 
-import json
-from typing import Any
+Rows become domain objects in one place, the adapter's row mapping (jobs.queue), never here:
+the dashboard and the admin display these rows as they are.
+"""
+from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
 
-from portico.ports.job import Job, JobAttempt, JobStatus
+from jobs.queue import BUSY_STATUSES
+from portico.ports.job import STATUS_VALUES, WAITING_VALUES, JobStatus
 
 STATUS_CHOICES = [(status.value, status.value.replace("_", " ")) for status in JobStatus]
-WAITING = Q(status__in=["pending", "scheduled", "retrying"])
+WAITING = Q(status__in=list(WAITING_VALUES))
 # Every status but the three each job passes through (jobs.queue.BUSY_STATUSES).
-RESTING = Q(status__in=["scheduled", "retrying", "failed", "dead_letter", "cancelled"])
+RESTING = Q(status__in=[status for status in STATUS_VALUES if status not in BUSY_STATUSES])
 NOT_RUNNING = ~Q(status="running")
 
 
@@ -86,26 +88,6 @@ class JobRecord(models.Model):
     def __str__(self) -> str:
         return f"{self.job_type} {self.id} ({self.status})"
 
-    def to_domain(self) -> Job:
-        return Job(
-            id=self.id,
-            queue_name=self.queue_name,
-            job_type=self.job_type,
-            payload=_json(self.payload),
-            priority=self.priority,
-            max_retries=self.max_retries,
-            retry_count=self.retry_count,
-            scheduled_at=self.scheduled_at,
-            started_at=self.started_at,
-            completed_at=self.completed_at,
-            failed_at=self.failed_at,
-            status=JobStatus(self.status),
-            error_message=self.error_message,
-            created_by=self.created_by,
-            created_at=self.created_at,
-            metadata=_json(self.metadata),
-        )
-
 
 class JobAttemptRecord(models.Model):
     """A run of a job that did not complete: failed, retried, released or lost.
@@ -126,16 +108,6 @@ class JobAttemptRecord(models.Model):
         db_table = "portico_job_attempt"
         ordering = ["job", "attempt", "id"]
 
-    def to_domain(self, job_id) -> JobAttempt:
-        return JobAttempt(
-            job_id=job_id,
-            attempt=self.attempt,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            outcome=self.outcome,
-            error_message=self.error_message,
-        )
-
 
 class QueueCounter(models.Model):
     """Per-queue counts kept by database triggers in the same transaction as each change.
@@ -154,10 +126,6 @@ class QueueCounter(models.Model):
         db_table = "portico_queue_counter"
         # One queue's counters without reading the others'.
         indexes = [models.Index(fields=["queue_name", "name"], name="portico_counter_queue")]
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
 
 
 class ScheduleFire(models.Model):
@@ -264,8 +232,9 @@ class AuditEntry(models.Model):
 class QueueSample(models.Model):
     """A queue's lifetime totals at the start of a minute: the overview's last-hour sparklines.
 
-    The dashboard writes the first sample of each minute it is open; the difference between
-    consecutive samples is that minute's throughput, read without touching the job table.
+    The maintenance (jobs.maintenance, "samples") writes the first sample of each minute; the
+    difference between consecutive samples is that minute's throughput, read without
+    touching the job table.
     """
 
     queue_name = models.CharField(max_length=200)

@@ -25,10 +25,11 @@ from jobs import queries
 from jobs.conf import setting
 from jobs.models import AuditEntry
 from jobs.queue import DatabaseJobQueueAdapter
+from jobs.services import job_queue
 from portico import lifecycle
 from portico.exceptions import InvalidJobStateError
 from portico.lifecycle import REQUEUEABLE
-from portico.ports.job import WAITING_STATUSES, Job
+from portico.ports.job import Job, JobStatus
 
 log = logging.getLogger("portico.dashboard")
 
@@ -39,19 +40,6 @@ SOURCES = ("dashboard", "admin")
 # The most jobs one action may name by id; more goes through an action over a filter.
 MAX_CHOSEN = 500
 DISCARDABLE = frozenset(status.value for status in REQUEUEABLE)
-
-_queue: DatabaseJobQueueAdapter | None = None
-_queue_lock = threading.Lock()
-
-
-def job_queue() -> DatabaseJobQueueAdapter:
-    """The process's adapter for the dashboard: one instance, so its counter upkeep is shared."""
-    global _queue
-    with _queue_lock:
-        if _queue is None:
-            _queue = DatabaseJobQueueAdapter()
-        return _queue
-
 
 @dataclass(frozen=True)
 class Outcome:
@@ -168,6 +156,15 @@ _RUN: dict[str, Callable[[Sequence[UUID]], Results]] = {
 }
 
 
+def past_tense(action: str) -> str:
+    """What a message says was done: "requeued", "cancelled", "discarded"."""
+    if action.endswith("e"):
+        return action + "d"
+    if action.endswith("el"):  # spelt as the error a cancelled job carries, "Job cancelled"
+        return action + "led"
+    return action + "ed"
+
+
 def _actor(user) -> tuple[object | None, str]:
     if user is None or not getattr(user, "is_authenticated", False):
         return None, "(system)"
@@ -279,7 +276,7 @@ def run_in_background(entry_id: int) -> threading.Thread:
 
 
 def is_waiting(status: str) -> bool:
-    return status in {s.value for s in WAITING_STATUSES}
+    return JobStatus(status).is_waiting
 
 
 def is_requeueable(status: str) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 from django.db import connections
 
+from jobs import services
 from jobs.conf import setting
 from jobs.queue import DatabaseJobQueueAdapter
 
@@ -54,7 +55,7 @@ class WorkerPresence(threading.Thread):
         super().__init__(name="portico-presence", daemon=True)
         self.kind = kind
         self.queues = sorted(set(queues))
-        self.job_queue = job_queue or DatabaseJobQueueAdapter()
+        self.job_queue = job_queue or services.job_queue()
         self.interval = float(setting("PORTICO_HEARTBEAT_SECONDS") if interval is None else interval)
         self.hostname = socket.gethostname()
         self.pid = os.getpid()
@@ -81,7 +82,7 @@ class WorkerPresence(threading.Thread):
     def _write(self, action: Callable[..., Any], *args: Any) -> None:
         try:
             action(*args)
-        except Exception as exc:  # noqa: BLE001 - logged; the next heartbeat tries again
+        except Exception as exc:  # logged; the next heartbeat tries again
             log.warning("could not record worker %s in portico_worker: %s: %s", self.worker_id,
                         type(exc).__name__, exc, exc_info=not self._failing)
             self._failing = True

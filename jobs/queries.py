@@ -21,7 +21,7 @@ from django.db.models import F, Func, Max, Min, QuerySet, Sum
 from django.db.models.functions import MD5
 
 from jobs.models import AuditEntry, FailureDelta, JobRecord, QueueCounter, QueueSample
-from portico.ports.job import JobStatus
+from portico.ports.job import ERROR_STATUSES, FAILURE_STATUSES, STATUS_VALUES, JobStatus
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -34,9 +34,9 @@ LIVE_GROUP_LIMIT = 20_000
 # The failure groups a page shows, largest first: enough to triage, few enough to render
 # fast (each is a row with three links; 100 of them were most of the page's 50 ms budget).
 GROUP_LIMIT = 50
-FAILURE_STATUSES = (JobStatus.DEAD_LETTER.value, JobStatus.FAILED.value)
-ALL_STATUSES = tuple(status.value for status in JobStatus)
-ERROR_STATUSES = ("retrying", "failed", "dead_letter")
+FAILURE_VALUES = frozenset(status.value for status in FAILURE_STATUSES)
+# A text search looks at the jobs that carry an error, in the enum's order.
+ERROR_VALUES = tuple(status.value for status in JobStatus if status in ERROR_STATUSES)
 # What a job list row needs; payloads and results stay on the job page.
 LIST_FIELDS = ("seq", "id", "queue_name", "job_type", "status", "priority", "retry_count",
                "max_retries", "created_at", "scheduled_at", "started_at", "failed_at",
@@ -170,7 +170,7 @@ def queue_jobs(f: JobFilter, *, before: int | None = None, after: int | None = N
         return Page(list(JobRecord.objects.filter(queue_name=f.queue, id=job_id).only(*LIST_FIELDS)))
     text = f.text.strip()
     # Words of an error: only jobs that failed, or wait to retry, carry one.
-    statuses = [f.status] if f.status else list(ERROR_STATUSES if text else ALL_STATUSES)
+    statuses = [f.status] if f.status else list(ERROR_VALUES if text else STATUS_VALUES)
     low = first_seq_at(f.since) if f.since else None
     high = first_seq_at(f.until) if f.until else None
     if (f.since and low is None) or (low is not None and high is not None and low >= high):
@@ -280,7 +280,7 @@ class FailureFilter:
         status = data.get("status") or JobStatus.DEAD_LETTER.value
         group = (data.get("group") or "").strip().lower()
         return cls(
-            status=status if status in FAILURE_STATUSES else JobStatus.DEAD_LETTER.value,
+            status=status if status in FAILURE_VALUES else JobStatus.DEAD_LETTER.value,
             queue=(data.get("queue") or "").strip() or None,
             job_type=(data.get("job_type") or "").strip() or None,
             group=group if _GROUP_KEY.fullmatch(group) else None,

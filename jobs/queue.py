@@ -28,7 +28,7 @@ from portico.exceptions import (
     JobNotFoundError,
     PorticoError,
 )
-from portico.ports.job import WAITING_STATUSES, Job, JobAttempt, JobStatus, QueueStats
+from portico.ports.job import WAITING_STATUSES, WAITING_VALUES, Job, JobAttempt, JobStatus, QueueStats
 from portico.ports.job_queue import JobQueueAdapter
 from portico.validation import check_job, check_json, clean_text
 
@@ -42,10 +42,10 @@ COLUMNS = (
 )
 # The same columns of portico_job aliased j, where a statement joins it to something else.
 J_COLUMNS = ", ".join("j." + c.strip() for c in COLUMNS.split(","))
-WAITING_SQL = "('pending', 'scheduled', 'retrying')"
+WAITING_SQL = "(" + ", ".join(f"'{status}'" for status in WAITING_VALUES) + ")"
 # The statuses every job passes through, which the portico_job_status index leaves out (its
 # condition in jobs.models lists the others): listed across queues per queue instead.
-BUSY_STATUSES = ("pending", "running", "completed")
+BUSY_STATUSES = tuple(s.value for s in (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.COMPLETED))
 # The hot statements on PostgreSQL: a claim from one queue, a claim across several (best
 # per queue through each queue's index, then best across them), and an acknowledgement.
 _CLAIMED = (
@@ -250,7 +250,6 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
         self._waiters: dict[asyncio.Future[None], asyncio.AbstractEventLoop] = {}
         self._waiters_lock = threading.Lock()
         self._listener: _Listener | None = None
-        self._last_compaction = 0.0
         self.ack_window = ack_window
         # Claims, acknowledgements and single enqueues as server-side prepared statements.
         self.prepared_statements = bool(setting("PORTICO_PREPARED_STATEMENTS"))
@@ -1218,7 +1217,6 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
         family and not yet in another. Names: the seven statuses, ``<event>_total``, and the
         histogram buckets written by migration 0006 (``duration:<i>``, ``wait:sum_us``, ...).
         """
-        self._compact_if_due()
         where, params = ("WHERE queue_name IN (" + ", ".join(["%s"] * len(only)) + ")", list(only)) \
             if only else ("", [])
         # One row per queue, its counters as a JSON object: a hundred queues' six thousand
@@ -1279,11 +1277,6 @@ class DatabaseJobQueueAdapter(JobQueueAdapter):
             dead_lettered_total=c.get("dead_lettered_total", 0),
             retried_total=c.get("retried_total", 0),
         )
-
-    def _compact_if_due(self) -> None:
-        if time.monotonic() - self._last_compaction >= 1.0:
-            self._last_compaction = time.monotonic()
-            self.compact_counters_sync()
 
     def compact_counters_sync(self) -> None:
         """Fold the counters' delta rows into one row per (queue, name)."""
@@ -1680,7 +1673,7 @@ class _Listener(threading.Thread):
                     while not self._stopped.is_set():
                         for _ in conn.notifies(timeout=0.5, stop_after=1):
                             self.wake()
-            except Exception:  # noqa: BLE001 - polling covers the gap; try again shortly
+            except Exception:  # polling covers the gap; try again shortly
                 log.warning("the job notification listener lost its connection; reconnecting",
                             exc_info=True)
                 self._stopped.wait(1.0)

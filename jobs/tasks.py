@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from jobs import dispatch
-from jobs.services import job_queue
+from jobs import dispatch, maintenance
 
 
 @shared_task(name=dispatch.RUN_QUEUE)
@@ -22,16 +21,28 @@ def sweep() -> None:
 @shared_task(name=dispatch.RESCUE)
 def rescue() -> None:
     """Take back the running jobs whose lease ran out (their worker died)."""
-    job_queue().rescue_sync()
+    maintenance.run("rescue")
 
 
 @shared_task(name=dispatch.PRUNE)
 def prune() -> None:
     """Delete completed jobs older than PORTICO_RETENTION."""
-    job_queue().prune_sync()
+    maintenance.run("prune")
 
 
 @shared_task(name=dispatch.COMPACT_COUNTERS)
 def compact_counters() -> None:
-    """Fold the counter table's delta rows together."""
-    job_queue().compact_counters_sync()
+    """Fold the delta rows of the counter table and of the failure groups together."""
+    maintenance.run("compact")
+
+
+@shared_task(name=dispatch.HEAL_FAILURE_GROUPS)
+def heal_failure_groups() -> None:
+    """Rebuild the failure groups of queues whose groups no longer add up to their counts."""
+    maintenance.run("heal")
+
+
+@shared_task(name=dispatch.RECORD_SAMPLES)
+def record_samples() -> None:
+    """Take this minute's throughput sample of every queue, unless it is taken."""
+    maintenance.run("samples")

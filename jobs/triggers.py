@@ -18,10 +18,11 @@ from django.db.models import Max, OuterRef, Subquery
 
 from jobs.conf import setting
 from jobs.models import ScheduleFire
-from jobs.services import job_service
+from jobs.services import job_queue, job_service
 from portico.exceptions import InvalidJobError
 from portico.kits.job import JobService
-from portico.ports.job import Job
+from portico.ports.job import DEFAULT_MAX_RETRIES, DEFAULT_PRIORITY, DEFAULT_QUEUE, Job
+from portico.ports.job_queue import SyncJobQueue
 from portico.ports.job_trigger import JobTrigger
 from portico.validation import MAX_NAME_LENGTH, check_job
 
@@ -135,10 +136,10 @@ class Schedule:
     cron: str
     job_type: str
     payload: dict[str, Any]
-    queue_name: str = "default"
-    priority: int = 0
+    queue_name: str = DEFAULT_QUEUE
+    priority: int = DEFAULT_PRIORITY
     timezone: str = "UTC"
-    max_retries: int = 3
+    max_retries: int = DEFAULT_MAX_RETRIES
     clock: CronClock = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -193,8 +194,8 @@ def _parse_schedule(index: int, entry: Any, service: JobService) -> Schedule:
     try:
         schedule = Schedule(
             name=name, cron=cron, job_type=entry["job_type"], payload=entry["payload"],
-            queue_name=entry.get("queue_name", "default"), priority=entry.get("priority", 0),
-            timezone=zone.key, max_retries=entry.get("max_retries", 3),
+            queue_name=entry.get("queue_name", DEFAULT_QUEUE), priority=entry.get("priority", DEFAULT_PRIORITY),
+            timezone=zone.key, max_retries=entry.get("max_retries", DEFAULT_MAX_RETRIES),
         )
         # The job it would create goes through the same checks as any job: a registered
         # type, a JSON payload within the size limit, sane queue, priority and retries.
@@ -280,6 +281,7 @@ class ScheduleTrigger(JobTrigger):
         self.using = using
         self.schedules: list[Schedule] | None = None
         self._service: JobService | None = None
+        self._queue: SyncJobQueue | None = None
         # Per schedule: the latest fire time this trigger created or saw created.
         self._last: dict[str, datetime] = {}
         self._thread: threading.Thread | None = None
@@ -318,7 +320,8 @@ class ScheduleTrigger(JobTrigger):
     def load(self) -> list[Schedule]:
         """Read and validate the schedules (from PORTICO_SCHEDULES unless given)."""
         entries = self._entries if self._entries is not None else setting("PORTICO_SCHEDULES")
-        self._service = job_service()
+        queue = job_queue(self.using)
+        self._queue, self._service = queue, job_service(queue)
         self.schedules = parse_schedules(entries, self._service)
         return self.schedules
 
@@ -338,7 +341,7 @@ class ScheduleTrigger(JobTrigger):
         for schedule in self.schedules:
             try:
                 job = self._tick_one(schedule, now)
-            except Exception as exc:  # noqa: BLE001 - one broken schedule must not stop the rest
+            except Exception as exc:  # one broken schedule must not stop the rest
                 log.exception("schedule %r: creating its job failed; retrying next tick", schedule.name)
                 failure = failure or exc
                 continue
@@ -390,9 +393,9 @@ class ScheduleTrigger(JobTrigger):
 
     def _fire(self, schedule: Schedule, fire_at: datetime) -> Job | None:
         """Create the fire's job, or None if another scheduler already did."""
-        assert self._service is not None
+        assert self._service is not None and self._queue is not None
         job = schedule.build_job(self._service, fire_at)
-        queue = self._service.job_queue
+        queue = self._queue
         try:
             with transaction.atomic(using=self.using):
                 # The fire row first: a concurrent scheduler waits here on the unique key
@@ -428,7 +431,7 @@ class ScheduleTrigger(JobTrigger):
                     if time.monotonic() - self._last_prune > PRUNE_EVERY:
                         self._last_prune = time.monotonic()
                         self.prune_fires()
-                except Exception:  # noqa: BLE001 - a database outage must not end the scheduler
+                except Exception:  # a database outage must not end the scheduler
                     log.exception("the scheduler's tick failed; trying again in %.1fs", self.interval)
                     # A broken connection is replaced on the next tick instead of failing forever.
                     connections[self.using].close_if_unusable_or_obsolete()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -13,14 +14,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from django.db import DatabaseError, connections
+from django.db import connections
 
+from jobs import maintenance, services
 from jobs.conf import setting
 from jobs.presence import WorkerPresence
 from jobs.queue import DatabaseJobQueueAdapter
 from jobs.registry import get_handlers
-from jobs.services import retry_policy
 from portico.kits.job import WorkerManager
+from portico.ports.job import DEFAULT_QUEUE
 from portico.ports.job_handler import JobHandler
 
 log = logging.getLogger("portico.worker")
@@ -40,8 +42,9 @@ class Worker:
 
     The first signal stops claiming, gives the jobs in flight ``PORTICO_GRACE_PERIOD``
     seconds and releases the rest; a second signal exits at once, and the leases of the
-    jobs it abandons bring them back. Rescue, pruning and counter compaction run on timers,
-    each under a PostgreSQL advisory lock so that one process at a time does it. The
+    jobs it abandons bring them back. The upkeep of jobs.maintenance (rescue, pruning,
+    compaction, failure groups, throughput samples) runs on timers, each task under a
+    PostgreSQL advisory lock so that one process at a time does it. The
     process keeps its row in ``portico_worker`` fresh (WorkerPresence) while it runs.
 
     If heartbeats fail for a whole lease (the database is gone, or unreachable), its claims
@@ -50,7 +53,7 @@ class Worker:
 
     def __init__(
         self,
-        queues: Sequence[str] = ("default",),
+        queues: Sequence[str] = (DEFAULT_QUEUE,),
         concurrency: int = 10,
         batch_size: int = 10,
         *,
@@ -58,7 +61,7 @@ class Worker:
         handlers: dict[str, JobHandler] | None = None,
     ) -> None:
         self.queues = tuple(queues)
-        self.job_queue = job_queue or DatabaseJobQueueAdapter()
+        self.job_queue = job_queue or services.job_queue()
         self.handlers = get_handlers() if handlers is None else handlers
         self.grace_period = float(setting("PORTICO_GRACE_PERIOD"))
         timeout = setting("PORTICO_JOB_TIMEOUT")
@@ -68,15 +71,15 @@ class Worker:
             concurrency,
             self.queues,
             batch_size=batch_size,
-            retry_policy=retry_policy(),
+            retry_policy=services.retry_policy(),
             job_timeout=float(timeout) if timeout is not None else None,
             grace_period=self.grace_period,
             heartbeat_interval=float(setting("PORTICO_HEARTBEAT_SECONDS")),
         )
+        # Every upkeep task on its own timer (jobs.maintenance; an interval of 0 turns it off).
         self.maintenance: list[tuple[str, float, Callable[[], Any]]] = [
-            ("rescue", float(setting("PORTICO_RESCUE_INTERVAL")), self._rescue),
-            ("prune", float(setting("PORTICO_PRUNE_INTERVAL")), self._prune),
-            ("compact", float(setting("PORTICO_COMPACT_INTERVAL")), self.job_queue.compact_counters_sync),
+            (task.name, task.interval(), functools.partial(maintenance.run, task.name, self.job_queue))
+            for task in maintenance.TASKS.values()
         ]
         self.presence = WorkerPresence("builtin", self.queues, job_queue=self.job_queue,
                                        interval=float(setting("PORTICO_HEARTBEAT_SECONDS")))
@@ -187,44 +190,12 @@ class Worker:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                await loop.run_in_executor(pool, self._exclusively, name, action)
+                await loop.run_in_executor(pool, action)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the next round tries again
+            except Exception:  # the next round tries again
                 log.exception("maintenance %r failed; trying again in %gs", name, interval)
             await asyncio.sleep(interval)
-
-    def _exclusively(self, name: str, action: Callable[[], Any]) -> None:
-        """Run action unless another process is doing the same (PostgreSQL advisory lock).
-
-        A session lock, not a transaction one: rescue and prune commit in batches. It goes
-        with the connection if the process dies. SQLite serializes writers by itself.
-        """
-        conn = connections[self.job_queue.using]
-        try:
-            if conn.vendor != "postgresql":
-                action()
-                return
-            key = f"portico_maintenance:{name}"
-            with conn.cursor() as cursor:
-                cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key])
-                if not cursor.fetchone()[0]:
-                    return
-            try:
-                action()
-            finally:
-                with contextlib.suppress(DatabaseError), conn.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])
-        finally:
-            conn.close_if_unusable_or_obsolete()
-
-    def _rescue(self) -> None:
-        self.job_queue.rescue_sync()  # logs what it rescued
-
-    def _prune(self) -> None:
-        pruned = self.job_queue.prune_sync()
-        if pruned:
-            log.info("pruned %d completed job(s) older than the retention period", pruned)
 
     def _close_connection(self) -> None:
         connections[self.job_queue.using].close()

@@ -5,11 +5,12 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from portico.exceptions import InvalidJobStateError, StaleClaimError
-from portico.ports.job import WAITING_STATUSES, Job, JobStatus
+from portico.ports.job import FAILURE_STATUSES, WAITING_STATUSES, Job, JobStatus
 
 CANCELLED = "Job cancelled"
 WORKER_LOST = "worker lost"
-REQUEUEABLE = frozenset({JobStatus.DEAD_LETTER, JobStatus.FAILED})
+# What requeue (and the dashboard's discard) accepts: a job that ended badly.
+REQUEUEABLE = FAILURE_STATUSES
 
 
 def claimed(job: Job, now: datetime) -> Job:

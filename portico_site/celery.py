@@ -52,6 +52,8 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
         "portico-rescue": every(dispatch.RESCUE, "PORTICO_RESCUE_INTERVAL"),
         "portico-prune": every(dispatch.PRUNE, "PORTICO_PRUNE_INTERVAL"),
         "portico-compact-counters": every(dispatch.COMPACT_COUNTERS, "PORTICO_COMPACT_INTERVAL"),
+        "portico-heal-failure-groups": every(dispatch.HEAL_FAILURE_GROUPS, "PORTICO_HEAL_INTERVAL"),
+        "portico-record-samples": every(dispatch.RECORD_SAMPLES, "PORTICO_SAMPLE_INTERVAL"),
     }
 
 

@@ -1,6 +1,11 @@
-"""Who may see and do what: every page needs a login and a view permission, every action the operate one."""
+"""Who may see and do what: every page needs a login and a view permission, every action the operate one.
+
+/metrics and the webhook are for machines: they check a bearer token instead (bearer_token,
+token_matches).
+"""
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -15,6 +20,19 @@ VIEW_AUDIT = "jobs.view_auditentry"
 OPERATE = "jobs.operate_jobs"
 
 View = Callable[..., HttpResponse]
+
+
+def bearer_token(request: HttpRequest) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None when there is none."""
+    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def token_matches(token: str | None, expected: object) -> bool:
+    """Whether the token sent is the one configured, compared in constant time."""
+    # Over bytes: compare_digest refuses str that is not ASCII.
+    return token is not None and hmac.compare_digest(token.encode(), str(expected).encode())
 
 
 def can_operate(request: HttpRequest) -> bool:

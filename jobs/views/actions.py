@@ -27,7 +27,6 @@ from jobs.views.access import operator_required
 from jobs.views.pages import bulk_url, failure_context, job_row
 
 CONFIRM_WORD = "discard"
-PAST = {"requeue": "Requeued", "cancel": "Cancelled", "discard": "Discarded"}
 
 
 class HttpResponseSeeOther(HttpResponseRedirect):
@@ -47,7 +46,8 @@ def _next(request: HttpRequest, fallback: str) -> str:
 def _report(request: HttpRequest, action: str, outcome: operations.Outcome) -> None:
     if outcome.changed:
         count = len(outcome.changed)
-        messages.success(request, f"{PAST[action]} {count} job{'s' if count != 1 else ''}.")
+        done = operations.past_tense(action).capitalize()
+        messages.success(request, f"{done} {count} job{'s' if count != 1 else ''}.")
     for reason in list(outcome.refused.values())[:5]:
         messages.error(request, f"Refused: {reason}")
     if len(outcome.refused) > 5:

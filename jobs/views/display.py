@@ -12,10 +12,10 @@ from itertools import pairwise
 from typing import Any
 
 from jobs.conf import setting
-from portico.ports.job import QueueStats
+from portico.ports.job import BACKLOG_PENDING, FAILING_RATE, STATUS_FLOW, QueueStats
 
 # The order the overview and the filters list statuses in: the way a job moves.
-STATUS_ORDER = ("pending", "scheduled", "retrying", "running", "completed", "failed", "dead_letter")
+STATUS_ORDER = tuple(status.value for status in STATUS_FLOW)
 MASK = "••••••"
 # A job completed within the last this-many minutes (by the samples) shows a live worker.
 LIVE_WINDOW_MINUTES = 2
@@ -120,12 +120,12 @@ def health(stats: QueueStats, *, worker_seen: bool, stall_seconds: float | None 
     if stats.dead_letter_count > 0:
         badges.append(Badge("error", f"{number(stats.dead_letter_count)} dead",
                             "jobs in dead letter: review and requeue or discard them"))
-    if stats.total_processed > 100 and stats.failure_rate > 0.05:
+    if stats.is_failing:
         badges.append(Badge("warning", f"{percent(stats.failure_rate)} failing",
-                            "failure rate above 5%: investigate error patterns"))
-    if stats.pending_count > 1000:
+                            f"failure rate above {FAILING_RATE:.0%}: investigate error patterns"))
+    if stats.has_backlog:
         badges.append(Badge("warning", f"backlog {number(stats.pending_count)}",
-                            "over 1,000 pending jobs: consider scaling up workers"))
+                            f"over {number(BACKLOG_PENDING)} pending jobs: consider scaling up workers"))
     return badges
 
 
@@ -176,7 +176,7 @@ class Sparkline:
     @property
     def summary(self) -> str:
         if not self.has_data:
-            return "no samples yet: the dashboard records one a minute while it is open"
+            return "no samples yet: the maintenance records one a minute"
         return (f"last hour: {number(self.completed_total)} completed, "
                 f"{number(self.failed_total)} failed runs")
 

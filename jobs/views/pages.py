@@ -19,9 +19,10 @@ from django.utils.dateparse import parse_datetime
 from django.utils.encoding import escape_uri_path
 from django.views.decorators.http import require_GET
 
-from jobs import queries, rollups
+from jobs import queries
 from jobs.models import AuditEntry
-from jobs.operations import FILTER_ACTIONS, is_requeueable, is_waiting, job_queue
+from jobs.operations import FILTER_ACTIONS, is_requeueable, is_waiting, past_tense
+from jobs.services import job_queue
 from jobs.views import display
 from jobs.views.access import (
     audit_viewer_required,
@@ -89,7 +90,7 @@ class QueueRow:
 
 def _row(stats: QueueStats, samples: list[tuple[datetime, int, int]], now: datetime,
          url: str, badges: list[display.Badge], workers: int = 0) -> QueueRow:
-    done, failed = display.per_minute(samples, (stats.completed_total, rollups.failed_total(stats)), now)
+    done, failed = display.per_minute(samples, (stats.completed_total, stats.failed_runs_total), now)
     return QueueRow(
         name=stats.queue_name,
         url=url,
@@ -97,7 +98,7 @@ def _row(stats: QueueStats, samples: list[tuple[datetime, int, int]], now: datet
                     f"{url}?{urlencode({'status': status})}" if url else "")
                for status in display.STATUS_ORDER],
         failure_rate=display.percent(stats.failure_rate),
-        failing=stats.total_processed > 100 and stats.failure_rate > 0.05,
+        failing=stats.is_failing,
         latency=display.duration(stats.latency_seconds) if stats.latency_seconds else "—",
         spark=display.Sparkline(done, failed),
         badges=badges,
@@ -136,7 +137,6 @@ def overview(request: HttpRequest) -> HttpResponse:
     store = job_queue()
     all_stats = store.get_all_queue_stats_sync()
     live = store.live_workers_sync()
-    rollups.record_samples(all_stats, now)
     samples = queries.samples_since(queries.recent_cutoff(now, 61))
     rows = []
     for stats in all_stats:
@@ -311,8 +311,6 @@ def job_detail(request: HttpRequest, job_id: UUID) -> HttpResponse:
 
 def failure_context(request: HttpRequest, f: queries.FailureFilter) -> dict[str, Any]:
     """The dead-letter page's summary and groups: also sent after each requeue, to update in place."""
-    rollups.compact_failure_groups()
-    rollups.heal_failure_groups(f.status)
     groups = queries.failure_groups(f)
     all_stats = job_queue().get_all_queue_stats_sync()
     per_queue = [(s.queue_name, s.count(f.status)) for s in all_stats if s.count(f.status)]
@@ -405,6 +403,7 @@ def bulk_progress(request: HttpRequest, entry_id: int) -> HttpResponse:
         "filter": f,
         "done": done,
         "done_text": display.number(done),
+        "action_done": past_tense(entry.action),
         "requested_text": display.number(entry.requested),
         "progress_max": max(entry.requested, done, 1),
         "back_url": f"{reverse('jobs:dead-letter')}?{urlencode({'status': f.status})}",

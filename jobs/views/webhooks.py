@@ -13,8 +13,11 @@ from django.views.decorators.csrf import csrf_exempt
 
 from jobs.conf import setting
 from jobs.models import WebhookIdempotencyKey
-from jobs.services import job_service
+from jobs.services import job_queue, job_service
+from jobs.views.access import bearer_token, token_matches
 from portico.exceptions import InvalidJobError, UnknownJobTypeError
+from portico.ports.job import DEFAULT_MAX_RETRIES, DEFAULT_PRIORITY, DEFAULT_QUEUE
+from portico.ports.job_queue import SyncJobQueue
 from portico.validation import MAX_NAME_LENGTH
 
 FIELDS = ("job_type", "payload", "queue_name", "priority", "scheduled_at", "max_retries", "metadata")
@@ -63,11 +66,10 @@ def _authenticate(request: HttpRequest) -> None:
         # No token configured: no request can prove itself, so none is let in.
         _refuse(401, "the webhook is disabled: PORTICO_WEBHOOK_TOKEN is not set on the server",
                 **challenge)
-    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(request)
+    if token is None:
         _refuse(401, "missing credentials: send the header 'Authorization: Bearer <token>'", **challenge)
-    # Constant time, over bytes (compare_digest refuses non-ASCII str).
-    if not hmac.compare_digest(token.strip().encode(), str(expected).encode()):
+    if not token_matches(token, expected):
         _refuse(401, "the bearer token is not valid", **challenge)
 
 
@@ -133,9 +135,9 @@ def _fields(data: dict[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "job_type": _typed(data, "job_type", str, "a string"),
         "payload": _typed(data, "payload", dict, "an object"),
-        "queue_name": _typed(data, "queue_name", str, "a string", "default"),
-        "priority": _integer(data, "priority", 0),
-        "max_retries": _integer(data, "max_retries", 3),
+        "queue_name": _typed(data, "queue_name", str, "a string", DEFAULT_QUEUE),
+        "priority": _integer(data, "priority", DEFAULT_PRIORITY),
+        "max_retries": _integer(data, "max_retries", DEFAULT_MAX_RETRIES),
         "metadata": _typed(data, "metadata", dict, "an object", {}),
         "scheduled_at": _scheduled_at(data.get("scheduled_at")),
     }
@@ -198,6 +200,7 @@ def _fingerprint(fields: dict[str, Any]) -> str:
 
 def _create(fields: dict[str, Any], key: str | None) -> JsonResponse:
     service = job_service()
+    queue: SyncJobQueue = job_queue()  # the adapter the service builds over: the process's one
     fingerprint = _fingerprint(fields)
     if key is not None:
         seen = WebhookIdempotencyKey.objects.filter(key=key).first()
@@ -222,7 +225,7 @@ def _create(fields: dict[str, Any], key: str | None) -> JsonResponse:
                 WebhookIdempotencyKey.objects.create(
                     key=key, job_id=job.id, request_sha256=fingerprint, response=body
                 )
-            service.job_queue.enqueue_sync(job)
+            queue.enqueue_sync(job)
     except IntegrityError:
         # Only the key row can raise it (enqueue turns its own into DuplicateJobError).
         if key is None:

@@ -32,8 +32,38 @@ class JobStatus(str, Enum):
         return self in WAITING_STATUSES
 
 
+# The job vocabulary: every other module takes its status sets, defaults and health rules
+# from here, so each is written once.
 WAITING_STATUSES = frozenset({JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.RETRYING})
 TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DEAD_LETTER})
+# A job that ended badly: an operator may requeue or discard it.
+FAILURE_STATUSES = frozenset({JobStatus.FAILED, JobStatus.DEAD_LETTER})
+# A job in these carries the error of its last run.
+ERROR_STATUSES = frozenset({JobStatus.RETRYING, JobStatus.FAILED, JobStatus.DEAD_LETTER})
+# The stored values, in the enum's order; WAITING_VALUES in the same order.
+STATUS_VALUES: tuple[str, ...] = tuple(status.value for status in JobStatus)
+WAITING_VALUES: tuple[str, ...] = tuple(s.value for s in JobStatus if s in WAITING_STATUSES)
+# Every status in the order a job moves through them: waiting, running, finished.
+STATUS_FLOW: tuple[JobStatus, ...] = (
+    JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.RETRYING, JobStatus.RUNNING,
+    JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DEAD_LETTER,
+)
+
+# A job's defaults where its creator names none (the seed's).
+DEFAULT_QUEUE = "default"
+DEFAULT_PRIORITY = 0
+DEFAULT_MAX_RETRIES = 3
+
+# The seed's "Monitoring Queue Health" thresholds (QueueStats.is_failing / has_backlog).
+FAILING_MIN_PROCESSED = 100
+FAILING_RATE = 0.05
+BACKLOG_PENDING = 1000
+
+
+def failure_rate(completed: int, failed: int, dead_letter: int) -> float:
+    """The seed's ratio: (failed + dead letter) / (completed + failed + dead letter); 0.0 for none."""
+    processed = completed + failed + dead_letter
+    return (failed + dead_letter) / processed if processed > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -44,8 +74,8 @@ class Job:
     queue_name: str
     job_type: str
     payload: dict[str, Any]
-    priority: int = 0
-    max_retries: int = 3
+    priority: int = DEFAULT_PRIORITY
+    max_retries: int = DEFAULT_MAX_RETRIES
     retry_count: int = 0
     scheduled_at: datetime | None = None
     started_at: datetime | None = None
@@ -102,10 +132,22 @@ class QueueStats:
 
     @property
     def failure_rate(self) -> float:
-        total = self.total_processed
-        if total == 0:
-            return 0.0
-        return (self.failed_count + self.dead_letter_count) / total
+        return failure_rate(self.completed_count, self.failed_count, self.dead_letter_count)
+
+    @property
+    def is_failing(self) -> bool:
+        """Enough processed to judge, and more than FAILING_RATE of it failed."""
+        return self.total_processed > FAILING_MIN_PROCESSED and self.failure_rate > FAILING_RATE
+
+    @property
+    def has_backlog(self) -> bool:
+        """More than BACKLOG_PENDING jobs pending: time to add workers."""
+        return self.pending_count > BACKLOG_PENDING
+
+    @property
+    def failed_runs_total(self) -> int:
+        """Runs that failed over the queue's lifetime: retried, dead-lettered or failed for good."""
+        return self.failed_total + self.dead_lettered_total + self.retried_total
 
     def count(self, status: JobStatus) -> int:
         return int(getattr(self, f"{JobStatus(status).value}_count"))

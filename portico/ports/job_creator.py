@@ -4,7 +4,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from portico.ports.job import Job
+from portico.ports.job import DEFAULT_PRIORITY, DEFAULT_QUEUE, Job
 
 
 class JobCreator(ABC):
@@ -13,8 +13,8 @@ class JobCreator(ABC):
         self,
         job_type: str,
         payload: dict[str, Any],
-        queue_name: str = "default",
-        priority: int = 0,
+        queue_name: str = DEFAULT_QUEUE,
+        priority: int = DEFAULT_PRIORITY,
         **kwargs: Any,
     ) -> Job:
         """Create and store a job; kwargs: scheduled_at, max_retries, created_by, metadata.

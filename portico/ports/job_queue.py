@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from datetime import timedelta
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 from portico.ports.job import Job, JobAttempt, JobStatus, QueueStats
@@ -116,3 +117,53 @@ class JobQueueAdapter(ABC):
     @abstractmethod
     async def requeue_job(self, job_id: UUID) -> Job:
         """Send a DEAD_LETTER or FAILED job back to PENDING with its retry count reset."""
+
+
+@runtime_checkable
+class SyncJobQueue(Protocol):
+    """The port's named extension for synchronous callers: the same operations, blocking.
+
+    What code without an event loop calls (web views, the webhook, the scheduler, Celery
+    tasks, management commands): each method does what its async twin on JobQueueAdapter
+    does. The database adapter offers it; the memory adapter, used from async code, need not.
+    """
+
+    def enqueue_sync(self, job: Job) -> Job: ...
+
+    def enqueue_many_sync(self, jobs: Sequence[Job]) -> list[Job]: ...
+
+    def get_job_sync(self, job_id: UUID) -> Job | None: ...
+
+    def get_job_attempts_sync(self, job_id: UUID) -> list[JobAttempt]: ...
+
+    def get_queue_stats_sync(self, queue_name: str) -> QueueStats: ...
+
+    def get_all_queue_stats_sync(self) -> list[QueueStats]: ...
+
+    def cancel_job_sync(self, job_id: UUID) -> bool: ...
+
+    def requeue_job_sync(self, job_id: UUID) -> Job: ...
+
+    def release_sync(self, job_id: UUID, *, claim: Job | None = None) -> Job: ...
+
+    def heartbeat_sync(self, claims: Sequence[Job]) -> list[UUID]: ...
+
+    def rescue_sync(self, batch: int = 1000) -> list[UUID]:
+        """Upkeep: what JobQueueAdapter.rescue does."""
+        ...
+
+    def prune_sync(self, older_than: timedelta | None = None, batch: int = 5000) -> int:
+        """Upkeep: delete completed jobs finished before ``older_than`` ago; return how many."""
+        ...
+
+    def compact_counters_sync(self) -> None:
+        """Upkeep: fold the maintained counts' delta rows together (reads never need it)."""
+        ...
+
+    def live_workers_sync(self) -> dict[str, int]:
+        """queue -> worker processes heard from within a lease that serve it."""
+        ...
+
+    def due_queue_names_sync(self) -> list[str]:
+        """The queues holding at least one waiting job that is due now."""
+        ...

@@ -15,7 +15,7 @@ from django.apps import apps as django_apps
 from django.contrib.auth.models import Group, User
 from django.db import connections
 
-from jobs import operations
+from jobs import services
 from portico.ports.job import Job
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -39,7 +39,7 @@ def operator_login(empty_store) -> tuple[str, str]:
 @pytest.fixture
 def seeded(empty_store) -> dict:
     """A running job in "emails" and two dead letters in "payments"."""
-    queue = operations.job_queue()
+    queue = services.job_queue()
     running = Job(id=uuid4(), queue_name="emails", job_type="email.send", payload={"to": "a@example.com"})
     queue.enqueue_sync(running)
     (claim,) = queue.dequeue_many_sync("emails", 1)
@@ -106,7 +106,7 @@ def test_an_operator_watches_counts_change_live_and_requeues_a_dead_letter_job(b
                                                                                operator_login, seeded, db_thread):
     page, problems = browser_page
     base = live_server.url
-    queue = operations.job_queue()
+    queue = services.job_queue()
     claim, dead = seeded["claim"], seeded["dead"]
 
     sign_in(page, base, *operator_login)

@@ -28,20 +28,24 @@ def test_a_doorbell_goes_to_its_queues_celery_queue_and_upkeep_to_the_maintenanc
     route = app.amqp.router.route
     assert route({}, dispatch.RUN_QUEUE, ("emails",), {})["queue"].name == "portico.emails"
     assert route({}, dispatch.RUN_QUEUE, (), {"queue_name": "reports"})["queue"].name == "portico.reports"
-    for task in (dispatch.SWEEP, dispatch.RESCUE, dispatch.PRUNE, dispatch.COMPACT_COUNTERS):
+    for task in (dispatch.SWEEP, dispatch.RESCUE, dispatch.PRUNE, dispatch.COMPACT_COUNTERS,
+                 dispatch.HEAL_FAILURE_GROUPS, dispatch.RECORD_SAMPLES):
         assert route({}, task, (), {})["queue"].name == "portico.maintenance"
     # A team's own tasks keep Celery's default queue.
     assert route({}, "myapp.send_invoice", (), {})["queue"].name == "celery"
 
 
-def test_beat_sends_sweep_rescue_prune_and_compaction_at_the_configured_intervals(settings) -> None:
+def test_beat_sends_the_sweep_and_every_maintenance_task_at_the_configured_intervals(settings) -> None:
     settings.PORTICO_SWEEP_INTERVAL = 0.25
     settings.PORTICO_RESCUE_INTERVAL = 7.0
+    settings.PORTICO_SAMPLE_INTERVAL = 3.0
     schedule = beat_schedule()
     by_task = {entry["task"]: entry for entry in schedule.values()}
-    assert set(by_task) == {dispatch.SWEEP, dispatch.RESCUE, dispatch.PRUNE, dispatch.COMPACT_COUNTERS}
+    assert set(by_task) == {dispatch.SWEEP, dispatch.RESCUE, dispatch.PRUNE, dispatch.COMPACT_COUNTERS,
+                            dispatch.HEAL_FAILURE_GROUPS, dispatch.RECORD_SAMPLES}
     assert by_task[dispatch.SWEEP]["schedule"] == 0.25
     assert by_task[dispatch.RESCUE]["schedule"] == 7.0
+    assert by_task[dispatch.RECORD_SAMPLES]["schedule"] == 3.0
     for entry in schedule.values():
         # Expiring, never delayed: no ETA or countdown for the broker to hold back.
         assert entry["options"] == {"expires": entry["schedule"]}

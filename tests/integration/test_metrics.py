@@ -163,9 +163,8 @@ def test_the_series_are_bounded_by_queues_and_carry_no_job_data(store):
 @pytest.mark.postgres
 def test_the_scrape_costs_a_few_statements_whatever_the_table_holds(store, django_assert_max_num_queries):
     store.enqueue_many_sync([job(queue_name=f"q{n % 20}") for n in range(2000)])
-    metrics.REGISTRY.get_sample_value("portico_jobs", {"queue": "q1", "status": "pending"})  # compaction
     with django_assert_max_num_queries(4) as captured:
-        Client().get("/metrics")
+        Client().get("/metrics")  # before any compaction: the delta rows are summed as they are
     assert not any("count(" in q["sql"].lower() and "portico_job " in q["sql"].lower()
                    for q in captured.captured_queries)
 

@@ -605,15 +605,17 @@ async def test_a_handler_raising_cancelled_error_is_a_failure_not_a_dead_worker(
         await eventually(in_status(queue, job.id, JobStatus.COMPLETED))
 
 
-async def test_a_worker_with_a_rescue_interval_brings_back_a_job_whose_worker_died(
+async def test_a_job_rescued_after_its_worker_died_is_run_by_another_worker(
     start_worker, eventually
 ) -> None:
     queue = MemoryJobQueueAdapter(lease_seconds=0.1)
     job = await queue.enqueue(new_job("orphan", max_retries=3))
     claimed = await queue.dequeue("default", timeout=0)  # a worker claims it, then dies
     assert claimed.id == job.id
+    await asyncio.sleep(0.15)  # its lease runs out
+    assert await queue.rescue() == [job.id]  # what the maintenance timers do
 
-    await start_worker([FnHandler("orphan", succeed())], job_queue=queue, rescue_interval=0.05)
+    await start_worker([FnHandler("orphan", succeed())], job_queue=queue)
 
     done = await eventually(in_status(queue, job.id, JobStatus.COMPLETED))
     assert done.retry_count == 1

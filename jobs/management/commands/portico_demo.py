@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 from jobs import demo
 from jobs.queue import DatabaseJobQueueAdapter
 from jobs.registry import get_handlers
+from jobs.services import job_queue
 from portico.ports.job import JobStatus
 
 
@@ -42,7 +43,7 @@ class Command(BaseCommand):
         if login_file is not None:
             username, role = demo.ensure_demo_login(demo.demo_password(login_file))
             self.stdout.write(f"demo login: user {username!r}, {role}; password in {login_file}")
-        store = DatabaseJobQueueAdapter()
+        store = job_queue()
         if live:
             self._live(store, rng)
             return

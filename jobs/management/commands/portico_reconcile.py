@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs.queue import DatabaseJobQueueAdapter
+from jobs.services import job_queue
 
 
 class Command(BaseCommand):
@@ -17,7 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--database", default="default", help="the database alias to check")
 
     def handle(self, *args, fix: bool = False, database: str = "default", **options):
-        queue = DatabaseJobQueueAdapter(using=database)
+        queue = job_queue(database)
         queue.compact_counters_sync()
         drift = queue.fix_counter_drift_sync() if fix else queue.counter_drift_sync()
         if not drift:

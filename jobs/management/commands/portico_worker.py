@@ -6,6 +6,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs.worker import Worker
+from portico.ports.job import DEFAULT_QUEUE
 
 
 class Command(BaseCommand):
@@ -17,8 +18,8 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--queues", default="default",
-                            help="comma-separated queue names to serve (default: default)")
+        parser.add_argument("--queues", default=DEFAULT_QUEUE,
+                            help=f"comma-separated queue names to serve (default: {DEFAULT_QUEUE})")
         parser.add_argument("--concurrency", type=int, default=10,
                             help="jobs run at the same time (default: 10)")
         parser.add_argument("--batch", type=int, default=10,

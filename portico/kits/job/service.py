@@ -7,7 +7,7 @@ from uuid import UUID, uuid4
 
 from portico.exceptions import UnknownJobTypeError
 from portico.kits.job.registry import Handlers, handlers_by_type
-from portico.ports.job import Job, QueueStats
+from portico.ports.job import DEFAULT_PRIORITY, DEFAULT_QUEUE, Job, QueueStats
 from portico.ports.job_creator import JobCreator
 from portico.ports.job_queue import JobQueueAdapter
 
@@ -31,8 +31,8 @@ class JobService(JobCreator):
         self,
         job_type: str,
         payload: dict[str, Any],
-        queue_name: str = "default",
-        priority: int = 0,
+        queue_name: str = DEFAULT_QUEUE,
+        priority: int = DEFAULT_PRIORITY,
         **kwargs: Any,
     ) -> Job:
         """The Job create_job would store, checked for a known type; nothing is stored."""
@@ -59,8 +59,8 @@ class JobService(JobCreator):
         self,
         job_type: str,
         payload: dict[str, Any],
-        queue_name: str = "default",
-        priority: int = 0,
+        queue_name: str = DEFAULT_QUEUE,
+        priority: int = DEFAULT_PRIORITY,
         **kwargs: Any,
     ) -> Job:
         job = self.build_job(job_type, payload, queue_name, priority, **kwargs)
@@ -75,5 +75,5 @@ class JobService(JobCreator):
     async def requeue_job(self, job_id: UUID) -> Job:
         return await self.job_queue.requeue_job(job_id)
 
-    async def get_queue_stats(self, queue_name: str = "default") -> QueueStats:
+    async def get_queue_stats(self, queue_name: str = DEFAULT_QUEUE) -> QueueStats:
         return await self.job_queue.get_queue_stats(queue_name)

@@ -11,7 +11,7 @@ from uuid import UUID
 from portico.exceptions import InvalidJobStateError, PorticoError, StaleClaimError
 from portico.kits.job.registry import Handlers, handlers_by_type
 from portico.kits.job.retry import RetryPolicy
-from portico.ports.job import Job, JobResult, JobStatus
+from portico.ports.job import DEFAULT_QUEUE, Job, JobResult, JobStatus
 from portico.ports.job_handler import JobHandler
 from portico.ports.job_queue import JobQueueAdapter
 
@@ -126,7 +126,7 @@ class JobExecutor:
             # other, so such a job ends in dead letter instead of killing worker slots.
             error: BaseException = exc
             retry = True
-        except Exception as exc:  # noqa: BLE001 - any handler error is a failed run
+        except Exception as exc:  # any handler error is a failed run
             error = exc
             retry = True
         else:
@@ -171,7 +171,7 @@ class JobExecutor:
     async def _on_failure(self, handler: JobHandler, job: Job, error: BaseException) -> None:
         try:
             await handler.on_failure(job, error if isinstance(error, Exception) else Exception(error))
-        except Exception:  # noqa: BLE001 - logged, and the retry decision stands
+        except Exception:  # logged, and the retry decision stands
             self.log.exception(
                 "on_failure of the %r handler raised for job %s; the job's outcome is unchanged",
                 job.job_type, job.id,
@@ -263,7 +263,7 @@ class WorkerManager:
         job_queue: JobQueueAdapter,
         handlers: Handlers,
         concurrency: int = 1,
-        queues: str | Sequence[str] = ("default",),
+        queues: str | Sequence[str] = (DEFAULT_QUEUE,),
         *,
         batch_size: int = 1,
         retry_policy: RetryPolicy | None = None,
@@ -271,7 +271,6 @@ class WorkerManager:
         grace_period: float = 30.0,
         poll_timeout: float = 5.0,
         heartbeat_interval: float | None = None,
-        rescue_interval: float | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         if concurrency < 1:
@@ -295,7 +294,6 @@ class WorkerManager:
         # Heartbeats failing (or unanswered) this long mean the leases are gone; two intervals
         # at least, so that a heartbeat interval set near the lease cannot make a crash loop.
         self.unhealthy_after = max(lease, 2 * self.heartbeat_interval)
-        self.rescue_interval = rescue_interval
         self.log = logger or log
         self._slots: list[asyncio.Task[None]] = []
         self._helpers: list[asyncio.Task[None]] = []
@@ -360,8 +358,6 @@ class WorkerManager:
             self._freed = asyncio.Event()
             self._claimer = asyncio.create_task(self._claim_batches(), name="portico-claimer")
         self._helpers = [asyncio.create_task(self._keep_leases(), name="portico-heartbeat")]
-        if self.rescue_interval:
-            self._helpers.append(asyncio.create_task(self._every(self.rescue_interval, self._rescue)))
 
     async def stop(self, grace_period: float | None = None) -> None:
         if not self._slots:
@@ -418,7 +414,7 @@ class WorkerManager:
                 job = await self.job_queue.dequeue(self.queues, timeout=self.poll_timeout)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - a store outage must not kill the worker
+            except Exception:  # a store outage must not kill the worker
                 await self._claim_failed()
                 continue
             if job is not None:
@@ -446,7 +442,7 @@ class WorkerManager:
             await self.executor.execute(job)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - recording failed; the lease brings the job back
+        except Exception:  # recording failed; the lease brings the job back
             self.log.exception("recording the outcome of job %s failed", job.id)
         finally:
             self._busy.discard(slot)
@@ -476,7 +472,7 @@ class WorkerManager:
                     jobs = [job] if job is not None else []
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - a store outage must not kill the worker
+            except Exception:  # a store outage must not kill the worker
                 await self._claim_failed()
                 continue
             self._hand_over(jobs)
@@ -516,16 +512,6 @@ class WorkerManager:
         self.log.exception("claiming a job from %s failed; retrying", ", ".join(self.queues))
         await asyncio.sleep(min(self.poll_timeout, 1.0))
 
-    async def _every(self, interval: float, action) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await action()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001
-                self.log.exception("periodic %s failed", getattr(action, "__name__", action))
-
     async def _keep_leases(self) -> None:
         """Heartbeat every interval; give up once the leases went ``unhealthy_after`` unrenewed.
 
@@ -547,7 +533,7 @@ class WorkerManager:
                     await self._heartbeat()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - the store is down or unreachable
+            except Exception as exc:  # the store is down or unreachable
                 failures += 1
                 unanswered = isinstance(exc, TimeoutError) and not str(exc)
                 error = "no answer" if unanswered else describe(exc)
@@ -591,8 +577,3 @@ class WorkerManager:
         for job in claims:
             if job.id not in held:
                 self.log.warning("job %s: lease lost; its outcome will not be recorded", job.id)
-
-    async def _rescue(self) -> None:
-        rescued = await self.job_queue.rescue()
-        if rescued:
-            self.log.warning("rescued %d job(s) whose worker was lost", len(rescued))
